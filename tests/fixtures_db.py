@@ -1,0 +1,1 @@
+"""Database fixtures (real PostgreSQL)."""

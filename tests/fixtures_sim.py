@@ -1,0 +1,1 @@
+"""Simulator fixtures (the fake Graph API over real HTTP)."""
