@@ -99,10 +99,10 @@ class HttpSettings:
 
 @dataclass(frozen=True, slots=True)
 class WebhookSettings:
+    verify_token: models.Secret
+    app_secret: models.Secret
     listen: str | None = None  # None: share the [http] server
     path: str = "/webhooks/instagram"
-    verify_token: models.Secret = models.Secret("")
-    app_secret: models.Secret = models.Secret("")
     body_max_bytes: int = 1024 * 1024
 
 
