@@ -98,6 +98,8 @@ class MediaRow(NamedTuple):
     like_count: int | None  # None when the owner hides like counts
     comments_count: int | None
     seen_at: datetime  # becomes first_seen_at on insert, last_seen_at always
+    # When this pass fetched the media's insights; None keeps the stored value (insights not due).
+    insights_refreshed_at: datetime | None = None
 
 
 class MediaInsightRow(NamedTuple):
