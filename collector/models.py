@@ -141,6 +141,7 @@ class UnavailableReason(enum.StrEnum):
     PRE_CONVERSION = "posted_before_business_conversion"
     STORY_EXPIRED = "story_expired"
     NO_DATA = "no_data"  # Meta answered with an empty data set
+    OBJECT_GONE = "object_not_found"  # deleted media, or Meta no longer serves it
     DEPRECATED = "deprecated_metric"
 
 
