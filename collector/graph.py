@@ -1,0 +1,299 @@
+"""The Graph API client: one aiohttp session for the process, URL building, paging, retries and throttling.
+
+This is the one boundary where aiohttp and asyncio timeout errors become `exceptions.GraphTransportError`
+(chained with `from`); every other failure is classified by `graph_errors.classify`. Access tokens travel
+only in the `access_token` query parameter: they are registered with `redaction` on first use, error
+messages never contain a query string, and a foreign exception whose text holds the token is replaced by
+a redacted copy before it is chained.
+
+Call path: `Throttle.slot` (pauses, pacing, limiters) -> semaphore (tasks in flight <= connector limit,
+limits.md) -> HTTP -> usage headers -> decode or classify -> retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+import yarl
+
+from collector import exceptions, graph_errors, metrics, models, ratelimit, redaction, retry, settings
+
+# Endpoint kinds, the `endpoint` label of the graph_calls counter (a bounded set: never ids or URLs).
+ENDPOINT_KINDS = ("profile", "media", "stories", "media_insights", "account_insights", "token")
+
+_log = structlog.get_logger("collector.graph")
+_VERSION_HEADER = "facebook-api-version"
+_USER_AGENT = "ig-insights-collector/0.1"
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class GraphClient:
+    """`async with GraphClient(...) as client:` — see docs/architecture.md, "Graph client contract"."""
+
+    def __init__(self, settings: settings.GraphSettings, throttle: ratelimit.Throttle,
+                 retry: retry.RetryPolicy, metrics: metrics.Metrics, *,
+                 rand: Callable[[], float] = random.random) -> None:
+        self._settings = settings
+        self._throttle = throttle
+        self._retry = retry
+        self._metrics = metrics
+        self._rand = rand
+        self._state = _State.UNOPENED
+        self._session: aiohttp.ClientSession | None = None
+        self._in_flight: asyncio.Semaphore | None = None
+        self._known_tokens: set[str] = set()
+        self._version_logged: set[str] = set()
+        self._ok_calls: dict[str, Any] = {}  # endpoint -> graph_calls child for 200 (hot path)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(f"GraphClient cannot be opened: it is {self._state.value}")
+        limit = max(1, self._settings.max_concurrency)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit),
+            timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout_s),
+            headers={"User-Agent": _USER_AGENT},
+            raise_for_status=False,
+        )
+        # Never more tasks in flight than connections: beyond it, aiohttp's connection queue is unfair.
+        self._in_flight = asyncio.Semaphore(limit)
+        self._state = _State.OPENED
+
+    async def close(self) -> None:
+        if self._state is _State.OPENED and self._session is not None:
+            await self._session.close()
+        self._state = _State.CLOSED
+
+    async def __aenter__(self) -> GraphClient:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # -- public calls ----------------------------------------------------------------------------------------
+
+    async def get(self, account: models.Account, path: str, params: Mapping[str, str] | None = None, *,
+                  endpoint: str) -> dict[str, Any]:
+        """GET `{base_url(login)}/{api_version}/{path}` for `account`; the decoded JSON object.
+
+        Raises the classified `GraphError` once the retry policy gives up.
+        """
+        return await self._call(login=account.login, token=account.access_token,
+                                account_id=account.ig_user_id, path=path, params=params,
+                                endpoint=endpoint, versioned=True)
+
+    async def get_with_token(self, login: models.Login, token: models.Secret | None, path: str,
+                             params: Mapping[str, str] | None = None, *, endpoint: str = "token",
+                             versioned: bool = True) -> dict[str, Any]:
+        """GET for no particular account (token endpoints), limited by the app scope only.
+
+        `refresh_access_token` is unversioned on graph.instagram.com:
+        `get_with_token("instagram", token, "refresh_access_token", {"grant_type": "ig_refresh_token"},
+        versioned=False)`. Token endpoints are all GETs, so there is no `post`. Secrets in `params`
+        (`client_secret`, `fb_exchange_token`, `input_token`) are redacted by name in every message.
+        """
+        return await self._call(login=login, token=token, account_id=None, path=path, params=params,
+                                endpoint=endpoint, versioned=versioned)
+
+    async def pages(self, account: models.Account, path: str, params: Mapping[str, str] | None = None, *,
+                    endpoint: str) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every page of a cursor-paged edge, as the list of its `data` items.
+
+        Follows `paging.next` until it is absent; an empty page that has `next` goes on; never stops by
+        count. The next request is rebuilt rather than fetched as given: the query of `next` (cursor,
+        limit, fields, until...) is sent to OUR base URL, version and path with OUR token. So the token
+        goes only to the configured host (never to whatever host a `next` URL names), the pinned version
+        stays pinned, and the token-bearing `next` URL is never handled as a URL we might log.
+        """
+        query: dict[str, str] = dict(params or {})
+        seen: set[tuple[tuple[str, str], ...]] = set()
+        while True:
+            body = await self.get(account, path, query, endpoint=endpoint)
+            data = body.get("data")
+            if not isinstance(data, list):
+                raise exceptions.GraphTransportError(
+                    f"GET {self._url(account.login, path, versioned=True)}: page without a data list")
+            yield [item for item in data if isinstance(item, dict)]
+            next_query = _next_query(body)
+            if next_query is None:
+                return
+            query = {**query, **next_query}
+            fingerprint = tuple(sorted(query.items()))
+            if fingerprint in seen:
+                # Meta handing back the same cursor would loop forever; this is the one stop besides
+                # the absence of `next`, and it fails loudly rather than pretending the walk completed.
+                raise exceptions.GraphTransportError(
+                    f"GET {self._url(account.login, path, versioned=True)}: paging.next repeats a page")
+            seen.add(fingerprint)
+
+    # -- the call loop ---------------------------------------------------------------------------------------
+
+    async def _call(self, *, login: models.Login, token: models.Secret | None, account_id: str | None,
+                    path: str, params: Mapping[str, str] | None, endpoint: str,
+                    versioned: bool) -> dict[str, Any]:
+        if self._state is not _State.OPENED:
+            raise RuntimeError(f"GraphClient is {self._state.value}; use it inside `async with`")
+        host = self._settings.base_url(login)
+        url = self._url(login, path, versioned=versioned)
+        query = dict(params or {})
+        if token:
+            secret = token.reveal()
+            if secret not in self._known_tokens:
+                self._known_tokens.add(secret)
+                redaction.register_secret(secret)
+            query["access_token"] = secret
+        metric_param = query.get("metric")
+        requested = metric_param.split(",") if metric_param else None
+        transient_failures = 0
+        throttle_failures = 0
+        while True:
+            async with self._throttle.slot(host, account_id):
+                error, body = await self._send(url, query, host=host, account_id=account_id,
+                                               endpoint=endpoint, versioned=versioned, requested=requested)
+            if error is None:
+                return body
+            if isinstance(error, exceptions.Throttled):
+                throttle_failures += 1
+                self._metrics.throttles.labels(scope=error.scope, code=str(error.code)).inc()
+                wait_s = self._retry.decide(error, throttle_failures, self._rand())
+                if wait_s is None:
+                    raise error
+                scope: ratelimit.Scope = "app" if error.scope == "app" else "account"
+                key = host if scope == "app" else account_id
+                if key is not None:
+                    # The pause, not a sleep here, holds this call: every call of the scope waits with it.
+                    self._throttle.pause(scope, key, wait_s)
+                self._metrics.graph_retries.labels(reason="throttled").inc()
+                _log.warning("graph_throttled", account=account_id, scope=scope, code=error.code,
+                             wait_s=round(wait_s, 3), attempt=throttle_failures, endpoint=endpoint,
+                             regain_s=error.regain_s)
+                if key is None:
+                    await asyncio.sleep(wait_s)
+                continue
+            if retry.is_transient(error):
+                transient_failures += 1
+                wait_s = self._retry.decide(error, transient_failures, self._rand())
+                if wait_s is None:
+                    raise error
+                reason = "transport" if isinstance(error, exceptions.GraphTransportError) else "server"
+                self._metrics.graph_retries.labels(reason=reason).inc()
+                _log.info("graph_retry", account=account_id, scope="call", code=error.code,
+                          http_status=error.http_status, wait_s=round(wait_s, 3),
+                          attempt=transient_failures, endpoint=endpoint, error=error.describe())
+                await asyncio.sleep(wait_s)
+                continue
+            raise error
+
+    async def _send(self, url: str, query: dict[str, str], *, host: str, account_id: str | None,
+                    endpoint: str, versioned: bool,
+                    requested: list[str] | None) -> tuple[exceptions.GraphError | None, dict[str, Any]]:
+        """One HTTP exchange: (None, body) on success, else (error, {})."""
+        assert self._session is not None and self._in_flight is not None  # guaranteed by the OPENED state
+        async with self._in_flight:
+            started = time.perf_counter()
+            try:
+                async with self._session.get(url, params=query) as response:
+                    raw = await response.read()
+                    status = response.status
+                    headers = response.headers
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failure = exceptions.GraphTransportError(f"GET {url}: {_describe(exc)}")
+                failure.__cause__ = _scrubbed(exc)
+                self._count(endpoint, "transport", None)
+                return failure, {}
+            finally:
+                self._metrics.graph_request_seconds.observe(time.perf_counter() - started)
+        regain_s = self._throttle.observe(host, account_id, headers)
+        if versioned:
+            self._check_version(host, headers.get(_VERSION_HEADER))
+        decoded: Any = None
+        if 200 <= status < 300:
+            try:
+                decoded = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                self._count(endpoint, str(status), None)
+                return exceptions.GraphTransportError(
+                    f"GET {url}: HTTP {status} with an unreadable body (not JSON, or truncated)",
+                    http_status=status), {}
+            if isinstance(decoded, dict) and not isinstance(decoded.get("error"), dict):
+                child = self._ok_calls.get(endpoint)
+                if child is None:
+                    child = self._ok_calls[endpoint] = self._metrics.graph_calls.labels(
+                        endpoint=endpoint, status="200", code="")
+                child.inc()
+                return None, decoded
+            if not isinstance(decoded, dict):
+                self._count(endpoint, str(status), None)
+                return exceptions.GraphTransportError(
+                    f"GET {url}: HTTP {status} with a JSON {type(decoded).__name__}, not an object",
+                    http_status=status), {}
+        error = graph_errors.classify(status, decoded if decoded is not None else raw, regain_s=regain_s,
+                                      requested_metrics=requested)
+        self._count(endpoint, str(status), error.code)
+        return error, {}
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _url(self, login: models.Login, path: str, *, versioned: bool) -> str:
+        base = self._settings.base_url(login).rstrip("/")
+        path = path.lstrip("/")
+        return f"{base}/{self._settings.api_version}/{path}" if versioned else f"{base}/{path}"
+
+    def _count(self, endpoint: str, status: str, code: int | None) -> None:
+        self._metrics.graph_calls.labels(endpoint=endpoint, status=status,
+                                         code="" if code is None else str(code)).inc()
+
+    def _check_version(self, host: str, served: str | None) -> None:
+        if served and served != self._settings.api_version and host not in self._version_logged:
+            self._version_logged.add(host)
+            _log.warning("graph_version_mismatch", host=host, requested=self._settings.api_version,
+                         served=served)
+
+
+def _next_query(body: Mapping[str, Any]) -> dict[str, str] | None:
+    """The query of `paging.next` without its access_token, or None when there is no next page."""
+    paging = body.get("paging")
+    next_url = paging.get("next") if isinstance(paging, dict) else None
+    if not isinstance(next_url, str) or not next_url:
+        return None
+    try:
+        parsed = yarl.URL(next_url)
+    except (ValueError, TypeError) as exc:
+        raise exceptions.GraphTransportError("paging.next is not a URL") from _scrubbed(exc)
+    return {key: value for key, value in parsed.query.items() if key != "access_token"}
+
+
+def _describe(exc: BaseException) -> str:
+    """`ExceptionType: message`, token-free (asyncio timeouts have an empty message)."""
+    text = redaction.redact(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _scrubbed(exc: BaseException) -> BaseException:
+    """`exc` itself when its text holds no secret, else a stand-in carrying the redacted text.
+
+    aiohttp puts the request URL (with its access_token) into some messages (ClientResponseError,
+    InvalidURL); chaining those as they are would print the token in every traceback.
+    """
+    text, shown = str(exc), repr(exc)
+    if redaction.redact(text) == text and redaction.redact(shown) == shown:
+        return exc
+    return aiohttp.ClientError(_describe(exc))

@@ -1,0 +1,304 @@
+"""Proactive rate limits, adaptive pacing from Meta's usage headers, and pauses of throttled scopes.
+
+Two kinds of scope, each with its own state:
+- `app`: one per Graph host (the app's platform budget is app-wide; each host has its own limiter);
+- `account`: one per Instagram account (Meta's Instagram BUC budget is per app + account pair).
+
+A call passes `Throttle.slot(host, account_id)` before it leaves the process. The slot
+1. waits while the app scope or the account is paused (Meta: "stop calling, every call extends the block"),
+   waking at the pause end plus a small random spread, so that thousands of tasks paused together do not
+   all fire in the same millisecond;
+2. waits for the pacing slot of a scope that usage headers slowed down (see `pacing_fraction`);
+3. acquires the account limiter, then the app limiter (account first: a task that still has to wait for
+   its account must not hold an app token meanwhile), and re-checks the pauses, since one may have begun
+   while it waited.
+
+Bucket sizes are chosen on purpose (limits.md): an `AsyncLimiter(n, t)` lets a full bucket through at
+once. The account bucket is `account_burst` (Meta counts calls over hours; a few back-to-back calls are
+harmless); the app bucket holds 0.1 s of calls, so the first second of a pass does not run at twice the rate.
+
+Slowing down is not done by resizing the limiters (aiolimiter has no public way to change a rate); a slowed
+scope instead hands out reservations spaced `1 / (rate * fraction)` apart (a virtual-time scheduler: each
+waiter sleeps once, in arrival order, no polling). An unslowed scope skips that step entirely, so the hot
+path is a few attribute reads plus the aiolimiter acquires (~2 µs when they do not wait).
+aiolimiter is not FIFO under contention; per-account limiters keep that unfairness inside one account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Literal
+
+import aiolimiter
+import orjson
+
+from collector import metrics, settings
+
+Scope = Literal["app", "account"]
+
+APP_USAGE_HEADER = "X-App-Usage"
+BUC_USAGE_HEADER = "X-Business-Use-Case-Usage"
+
+_APP_BUCKET_S = 0.1  # the app limiter's bucket holds this many seconds of calls
+_WAKE_SPREAD_FRACTION = 0.1  # waiters wake within 10 % of the pause length after it ends ...
+_WAKE_SPREAD_MAX_S = 2.0  # ... and at most this late
+_USAGE_FIELDS = ("call_count", "total_cputime", "total_time")
+
+
+def pacing_fraction(usage_pct: float, slow_down_at_pct: float, min_rate_fraction: float) -> float:
+    """The share of its ceiling a scope may use at `usage_pct` percent of Meta's budget.
+
+    1.0 up to `slow_down_at_pct`, then falling linearly to `min_rate_fraction` at 100 % (and beyond).
+    """
+    if usage_pct <= slow_down_at_pct:
+        return 1.0
+    if usage_pct >= 100.0 or slow_down_at_pct >= 100.0:
+        return min_rate_fraction
+    progress = (usage_pct - slow_down_at_pct) / (100.0 - slow_down_at_pct)
+    return 1.0 - progress * (1.0 - min_rate_fraction)
+
+
+def parse_app_usage(value: str | None) -> float | None:
+    """The highest percentage in an `X-App-Usage` header (`{"call_count":28,"total_time":25,...}`)."""
+    if not value:
+        return None
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return _max_pct(decoded) if isinstance(decoded, dict) else None
+
+
+def parse_buc_usage(value: str | None) -> tuple[float | None, float | None]:
+    """(highest percentage, longest regain time in SECONDS) over every object and type of an
+    `X-Business-Use-Case-Usage` header.
+
+    The header is keyed by object id (business id and IG account id may both be listed for the same
+    budget), each holding a list of `{"type", "call_count", "total_cputime", "total_time",
+    "estimated_time_to_regain_access"}` with percentages and the regain time in MINUTES. Garbage is
+    ignored: a header we cannot read must never fail a call that Meta answered.
+    """
+    if not value:
+        return None, None
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(decoded, dict):
+        return None, None
+    pct: float | None = None
+    regain_min: float | None = None
+    for entries in decoded.values():
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if not isinstance(entry, dict):
+                continue
+            entry_pct = _max_pct(entry)
+            if entry_pct is not None:
+                pct = entry_pct if pct is None else max(pct, entry_pct)
+            minutes = _number(entry.get("estimated_time_to_regain_access"))
+            if minutes is not None:
+                regain_min = minutes if regain_min is None else max(regain_min, minutes)
+    return pct, (None if regain_min is None else regain_min * 60.0)
+
+
+def _max_pct(entry: dict[str, object]) -> float | None:
+    values = [v for v in (_number(entry.get(name)) for name in _USAGE_FIELDS) if v is not None]
+    return max(values) if values else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if number >= 0 else None
+    return None
+
+
+class _ScopeState:
+    """Limiter, pause and pacing of one app host or one account."""
+
+    __slots__ = ("fraction", "limiter", "next_slot_at", "paused_until", "rate_per_s")
+
+    def __init__(self, limiter: aiolimiter.AsyncLimiter | None, rate_per_s: float) -> None:
+        self.limiter = limiter
+        self.rate_per_s = rate_per_s
+        self.paused_until = 0.0
+        self.fraction = 1.0
+        self.next_slot_at = 0.0
+
+    def reserve(self, now: float) -> float:
+        """Seconds until this caller's pacing slot (0 when the scope is not slowed)."""
+        if self.fraction >= 1.0 or self.rate_per_s <= 0:
+            return 0.0
+        start = max(self.next_slot_at, now)
+        self.next_slot_at = start + 1.0 / (self.rate_per_s * self.fraction)
+        return start - now
+
+
+class _Slot:
+    __slots__ = ("_account_id", "_host", "_throttle")
+
+    def __init__(self, throttle: Throttle, host: str, account_id: str | None) -> None:
+        self._throttle = throttle
+        self._host = host
+        self._account_id = account_id
+
+    async def __aenter__(self) -> None:
+        await self._throttle.acquire(self._host, self._account_id)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        return None
+
+
+class Throttle:
+    """Rate limits and pauses for every Graph call of the process (one instance per process)."""
+
+    def __init__(self, settings: settings.RateLimitSettings, metrics: metrics.Metrics,
+                 clock: Callable[[], float] = time.monotonic, *,
+                 rand: Callable[[], float] = random.random) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._rand = rand
+        self._apps: dict[str, _ScopeState] = {}
+        self._accounts: dict[str, _ScopeState] = {}
+        # Counted when scraped: no timer has to notice a pause ending.
+        metrics.paused_scopes.labels(scope="app").set_function(lambda: float(self.paused_count("app")))
+        metrics.paused_scopes.labels(scope="account").set_function(
+            lambda: float(self.paused_count("account")))
+
+    # -- the call path -----------------------------------------------------------------------------------
+
+    def slot(self, host: str, account_id: str | None) -> _Slot:
+        """`async with throttle.slot(host, account_id):` before a call leaves the process.
+
+        `account_id` None: a call made for no account (token endpoints), limited by the app scope only.
+        """
+        return _Slot(self, host, account_id)
+
+    async def acquire(self, host: str, account_id: str | None) -> None:
+        app = self._apps.get(host) or self._new_app(host)
+        account = None if account_id is None else (
+            self._accounts.get(account_id) or self._new_account(account_id))
+        while True:
+            now = self._clock()
+            paused_until = app.paused_until if account is None else max(app.paused_until,
+                                                                        account.paused_until)
+            if paused_until > now:
+                wait_s = paused_until - now
+                spread_s = self._rand() * min(_WAKE_SPREAD_MAX_S, _WAKE_SPREAD_FRACTION * wait_s)
+                await asyncio.sleep(wait_s + spread_s)
+                continue
+            pacing_s = app.reserve(now)
+            if account is not None:
+                pacing_s = max(pacing_s, account.reserve(now))
+                if pacing_s > 0:
+                    await asyncio.sleep(pacing_s)
+                if account.limiter is not None:
+                    await account.limiter.acquire()
+            elif pacing_s > 0:
+                await asyncio.sleep(pacing_s)
+            if app.limiter is not None:
+                await app.limiter.acquire()
+            # A pause may have begun while this task waited for pacing or limiters.
+            now = self._clock()
+            if app.paused_until <= now and (account is None or account.paused_until <= now):
+                return
+
+    # -- adaptation --------------------------------------------------------------------------------------
+
+    def observe(self, host: str, account_id: str | None, headers: Mapping[str, str]) -> float | None:
+        """Adapt to the usage headers of one response; returns Meta's regain estimate in seconds, if any.
+
+        `X-App-Usage` paces the app scope of `host`; `X-Business-Use-Case-Usage` paces the account the call
+        was made for (whatever ids the header is keyed by: they describe that call's budget) and pauses it
+        when Meta gives a positive time to regain access.
+        """
+        app_value = headers.get(APP_USAGE_HEADER)
+        if app_value is not None:
+            app_pct = parse_app_usage(app_value)
+            if app_pct is not None:
+                state = self._apps.get(host) or self._new_app(host)
+                state.fraction = self._fraction(app_pct)
+        buc_value = headers.get(BUC_USAGE_HEADER)
+        if buc_value is None or account_id is None:
+            return None
+        buc_pct, regain_s = parse_buc_usage(buc_value)
+        if buc_pct is not None:
+            state = self._accounts.get(account_id) or self._new_account(account_id)
+            state.fraction = self._fraction(buc_pct)
+        if regain_s is not None and regain_s > 0:
+            self.pause("account", account_id, regain_s)
+            return regain_s
+        return None
+
+    def pause(self, scope: Scope, key: str, seconds: float) -> float:
+        """Pause `scope` `key` (a host for `app`, an account id for `account`) for `seconds`, capped by
+        `pause_cap_s`. Extends a running pause, never shortens it. Returns the pause end (clock time)."""
+        seconds = min(max(seconds, 0.0), self._settings.pause_cap_s)
+        state = self._state(scope, key)
+        now = self._clock()
+        until = now + seconds
+        if until > state.paused_until:
+            if state.paused_until <= now:
+                self._metrics.pauses.labels(scope=scope).inc()
+            state.paused_until = until
+        return state.paused_until
+
+    # -- inspection (tests, /metrics, logs) ----------------------------------------------------------------
+
+    def paused_for_s(self, scope: Scope, key: str) -> float:
+        """Seconds left in the pause of `scope` `key` (0 when not paused)."""
+        states = self._apps if scope == "app" else self._accounts
+        state = states.get(key)
+        return 0.0 if state is None else max(0.0, state.paused_until - self._clock())
+
+    def rate_fraction(self, scope: Scope, key: str) -> float:
+        """The share of its ceiling `scope` `key` currently runs at (1.0 when not slowed)."""
+        states = self._apps if scope == "app" else self._accounts
+        state = states.get(key)
+        return 1.0 if state is None else state.fraction
+
+    def paused_count(self, scope: Scope) -> int:
+        now = self._clock()
+        states = self._apps if scope == "app" else self._accounts
+        return sum(1 for state in states.values() if state.paused_until > now)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _fraction(self, usage_pct: float) -> float:
+        return pacing_fraction(usage_pct, self._settings.slow_down_at_pct, self._settings.min_rate_fraction)
+
+    def _state(self, scope: Scope, key: str) -> _ScopeState:
+        if scope == "app":
+            return self._apps.get(key) or self._new_app(key)
+        return self._accounts.get(key) or self._new_account(key)
+
+    def _new_app(self, host: str) -> _ScopeState:
+        rate = self._settings.app_calls_per_s
+        limiter = None
+        if rate > 0:
+            bucket = max(1.0, rate * _APP_BUCKET_S)
+            limiter = aiolimiter.AsyncLimiter(bucket, bucket / rate)
+        state = self._apps[host] = _ScopeState(limiter, rate)
+        return state
+
+    def _new_account(self, account_id: str) -> _ScopeState:
+        rate = self._settings.account_calls_per_s
+        limiter = None
+        if rate > 0:
+            bucket = float(max(1, self._settings.account_burst))
+            limiter = aiolimiter.AsyncLimiter(bucket, bucket / rate)
+        state = self._accounts[account_id] = _ScopeState(limiter, rate)
+        return state
