@@ -60,16 +60,19 @@ def classify(
     `requested_metrics` (the call's `metric` list) lets "metric[0] must be one of ..." name the metric that
     was rejected, since that message only lists the allowed ones.
     """
-    envelope = _envelope(body)
-    if envelope is None:
+    decoded = _decode(body)
+    error_obj = decoded.get("error") if isinstance(decoded, Mapping) else None
+    if not isinstance(error_obj, Mapping):
         if http_status >= 500:
             return exceptions.ServerError(f"HTTP {http_status} without a Graph error body",
                                           http_status=http_status, regain_s=regain_s)
-        if isinstance(body, Mapping):
-            return exceptions.GraphApiError(f"HTTP {http_status} without a Graph error body",
-                                            http_status=http_status, regain_s=regain_s)
-        return exceptions.GraphTransportError(
-            f"HTTP {http_status} with an unreadable body (not JSON, or truncated)", http_status=http_status)
+        if decoded is None:
+            return exceptions.GraphTransportError(
+                f"HTTP {http_status} with an unreadable body (not JSON, or truncated)",
+                http_status=http_status)
+        return exceptions.GraphApiError(f"HTTP {http_status} without a Graph error body",
+                                        http_status=http_status, regain_s=regain_s)
+    envelope: Mapping[str, Any] = error_obj
 
     code = _as_int(envelope.get("code"))
     subcode = _as_int(envelope.get("error_subcode"))
@@ -134,22 +137,14 @@ def _classify_100(message: str | None, text: str, fields: dict[str, Any],
     return exceptions.InvalidParameter(message, **fields)
 
 
-def _envelope(body: bytes | Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    """The `error` object of a Graph error body, or None when there is none (or the body is not JSON)."""
-    if body is None:
+def _decode(body: bytes | Mapping[str, Any] | None) -> object:
+    """The decoded JSON of `body`, or None when there is no body or it is not JSON (e.g. truncated)."""
+    if body is None or isinstance(body, Mapping):
+        return body
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None
-    decoded: object
-    if isinstance(body, bytes | bytearray | memoryview):
-        try:
-            decoded = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-    else:
-        decoded = body
-    if not isinstance(decoded, Mapping):
-        return None
-    error = decoded.get("error")
-    return error if isinstance(error, Mapping) else None
 
 
 def _metric_names(listing: str) -> frozenset[str]:

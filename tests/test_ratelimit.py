@@ -1,0 +1,251 @@
+"""Throttle: usage-header parsing, pacing math and pause bookkeeping with a fake clock; blocking
+behaviour (pauses, pacing, limiters) with the real clock and short durations."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from collector import metrics, ratelimit, settings
+
+HOST = "https://graph.instagram.com"
+OTHER_HOST = "https://graph.facebook.com"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(clock: FakeClock | None = None, **overrides: float) -> tuple[ratelimit.Throttle, metrics.Metrics]:
+    counters = metrics.Metrics()
+    rl = settings.RateLimitSettings(**overrides)  # type: ignore[arg-type]
+    if clock is None:
+        return ratelimit.Throttle(rl, counters), counters
+    return ratelimit.Throttle(rl, counters, clock, rand=lambda: 0.5), counters
+
+
+# -- pacing math ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("pct", "expected"), [
+    (0.0, 1.0), (50.0, 1.0), (75.0, 1.0),
+    (87.5, 0.525),  # halfway from 75 to 100: halfway from 1.0 to 0.05
+    (100.0, 0.05), (250.0, 0.05),
+])
+def test_pacing_fraction_linear(pct: float, expected: float) -> None:
+    assert ratelimit.pacing_fraction(pct, 75.0, 0.05) == pytest.approx(expected)
+
+
+def test_pacing_fraction_monotonic() -> None:
+    values = [ratelimit.pacing_fraction(p, 60.0, 0.1) for p in range(0, 120)]
+    assert values == sorted(values, reverse=True)
+
+
+# -- header parsing ---------------------------------------------------------------------------------------------
+
+def test_parse_app_usage() -> None:
+    assert ratelimit.parse_app_usage('{"call_count":28,"total_time":25,"total_cputime":31}') == 31.0
+    assert ratelimit.parse_app_usage(None) is None
+
+
+@pytest.mark.parametrize("garbage", ["", "not json", "[1,2]", '{"call_count":"lots"}', '{"x":1}', "{"])
+def test_parse_app_usage_garbage(garbage: str) -> None:
+    assert ratelimit.parse_app_usage(garbage) is None
+
+
+def test_parse_buc_usage_several_ids_minutes_to_seconds() -> None:
+    header = ('{"17841400000000001":[{"type":"instagram","call_count":40,"total_cputime":12,"total_time":9,'
+              '"estimated_time_to_regain_access":0}],'
+              '"1234567890":[{"type":"instagram","call_count":91,"total_cputime":5,"total_time":7,'
+              '"estimated_time_to_regain_access":3},{"type":"pages","call_count":2,"total_cputime":1,'
+              '"total_time":1,"estimated_time_to_regain_access":0}]}')
+    assert ratelimit.parse_buc_usage(header) == (91.0, 180.0)
+
+
+def test_parse_buc_usage_tolerates_garbage() -> None:
+    header = ('{"1":"nonsense","2":[null,3,{"call_count":"55","estimated_time_to_regain_access":"2"}],'
+              '"3":{"call_count":-5,"total_time":true},"4":[{"call_count":12}]}')
+    assert ratelimit.parse_buc_usage(header) == (55.0, 120.0)
+
+
+@pytest.mark.parametrize("garbage", [None, "", "{", "[]", '"str"', '{"1":[]}'])
+def test_parse_buc_usage_nothing(garbage: str | None) -> None:
+    assert ratelimit.parse_buc_usage(garbage) == (None, None)
+
+
+# -- observe / pause with a fake clock -----------------------------------------------------------------------------
+
+def test_observe_app_usage_slows_the_host_only() -> None:
+    throttle, _ = make(FakeClock())
+    throttle.observe(HOST, "1", {"X-App-Usage": '{"call_count":87.5,"total_time":10,"total_cputime":10}'})
+    assert throttle.rate_fraction("app", HOST) == pytest.approx(0.525)
+    assert throttle.rate_fraction("app", OTHER_HOST) == 1.0
+    assert throttle.rate_fraction("account", "1") == 1.0
+    throttle.observe(HOST, "1", {"X-App-Usage": '{"call_count":20,"total_time":10,"total_cputime":10}'})
+    assert throttle.rate_fraction("app", HOST) == 1.0
+
+
+def test_observe_buc_paces_and_pauses_the_account() -> None:
+    clock = FakeClock()
+    throttle, counters = make(clock)
+    header = '{"999":[{"type":"instagram","call_count":100,"total_cputime":4,"total_time":4,' \
+             '"estimated_time_to_regain_access":7}]}'
+    regain_s = throttle.observe(HOST, "1", {"X-Business-Use-Case-Usage": header})
+    assert regain_s == 420.0
+    assert throttle.rate_fraction("account", "1") == pytest.approx(0.05)
+    assert throttle.paused_for_s("account", "1") == pytest.approx(420.0)
+    assert throttle.paused_for_s("account", "2") == 0.0
+    assert throttle.paused_for_s("app", HOST) == 0.0
+    assert counters.total(counters.pauses, scope="account") == 1.0
+
+
+def test_observe_without_regain_does_not_pause() -> None:
+    throttle, _ = make(FakeClock())
+    header = '{"1":[{"type":"instagram","call_count":80,"total_cputime":4,"total_time":4,' \
+             '"estimated_time_to_regain_access":0}]}'
+    assert throttle.observe(HOST, "1", {"X-Business-Use-Case-Usage": header}) is None
+    assert throttle.paused_for_s("account", "1") == 0.0
+    assert throttle.rate_fraction("account", "1") == pytest.approx(1 - 0.2 * 0.95)
+
+
+def test_observe_garbage_headers_change_nothing() -> None:
+    throttle, _ = make(FakeClock())
+    assert throttle.observe(HOST, "1", {"X-App-Usage": "oops", "X-Business-Use-Case-Usage": "{{"}) is None
+    assert throttle.rate_fraction("app", HOST) == 1.0 and throttle.rate_fraction("account", "1") == 1.0
+
+
+def test_pause_extends_never_shortens_and_is_capped() -> None:
+    clock = FakeClock()
+    throttle, counters = make(clock, pause_cap_s=600.0)
+    throttle.pause("account", "1", 100.0)
+    throttle.pause("account", "1", 30.0)  # shorter: ignored
+    assert throttle.paused_for_s("account", "1") == pytest.approx(100.0)
+    clock.now += 40.0
+    throttle.pause("account", "1", 90.0)  # ends later than the running pause: extends
+    assert throttle.paused_for_s("account", "1") == pytest.approx(90.0)
+    throttle.pause("account", "1", 10_000.0)
+    assert throttle.paused_for_s("account", "1") == pytest.approx(600.0)
+    assert counters.total(counters.pauses, scope="account") == 1.0  # one pause, extended twice
+    clock.now += 601.0
+    assert throttle.paused_for_s("account", "1") == 0.0
+    throttle.pause("account", "1", 5.0)
+    assert counters.total(counters.pauses, scope="account") == 2.0
+
+
+def test_paused_scopes_gauge_counts_at_scrape_time() -> None:
+    clock = FakeClock()
+    throttle, counters = make(clock)
+    throttle.pause("account", "1", 10.0)
+    throttle.pause("account", "2", 20.0)
+    throttle.pause("app", HOST, 5.0)
+    text = counters.exposition().decode()
+    assert 'ig_collector_paused_scopes{scope="account"} 2.0' in text
+    assert 'ig_collector_paused_scopes{scope="app"} 1.0' in text
+    clock.now += 15.0
+    text = counters.exposition().decode()
+    assert 'ig_collector_paused_scopes{scope="account"} 1.0' in text
+    assert 'ig_collector_paused_scopes{scope="app"} 0.0' in text
+
+
+# -- real-clock behaviour --------------------------------------------------------------------------------------------
+
+async def test_paused_account_waits_others_go() -> None:
+    throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)
+    throttle.pause("account", "paused", 0.3)
+    passed: dict[str, float] = {}
+    started = time.monotonic()
+
+    async def call(account_id: str) -> None:
+        async with throttle.slot(HOST, account_id):
+            passed[account_id] = time.monotonic() - started
+
+    await asyncio.gather(call("paused"), *(call(str(i)) for i in range(20)))
+    assert passed["paused"] >= 0.3
+    assert max(v for k, v in passed.items() if k != "paused") < 0.1
+
+
+async def test_app_pause_holds_every_account_of_that_host_only() -> None:
+    throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)
+    throttle.pause("app", HOST, 0.25)
+    started = time.monotonic()
+    async with throttle.slot(OTHER_HOST, "1"):
+        assert time.monotonic() - started < 0.05
+    async with throttle.slot(HOST, "1"):
+        assert time.monotonic() - started >= 0.25
+    throttle.pause("app", HOST, 0.2)
+    started = time.monotonic()
+    async with throttle.slot(HOST, None):  # token calls (no account) obey the app scope too
+        assert time.monotonic() - started >= 0.2
+
+
+async def test_pause_begun_while_waiting_for_the_limiter_is_honoured() -> None:
+    throttle, _ = make(account_calls_per_s=4.0, account_burst=1, app_calls_per_s=0)
+    started = time.monotonic()
+    async with throttle.slot(HOST, "1"):
+        pass  # the bucket's one token
+
+    async def pause_soon() -> None:
+        await asyncio.sleep(0.05)
+        throttle.pause("account", "1", 0.5)
+
+    pauser = asyncio.create_task(pause_soon())
+    async with throttle.slot(HOST, "1"):  # the limiter alone would let this go at ~0.25 s
+        elapsed = time.monotonic() - started
+    await pauser
+    assert elapsed >= 0.55
+
+
+async def test_waiters_wake_spread_after_the_pause_no_herd() -> None:
+    throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)
+    throttle.pause("app", HOST, 0.4)
+    end = time.monotonic() + 0.4
+    woke: list[float] = []
+
+    async def call(i: int) -> None:
+        async with throttle.slot(HOST, str(i)):
+            woke.append(time.monotonic())
+
+    await asyncio.gather(*(call(i) for i in range(300)))
+    assert min(woke) >= end - 0.002
+    assert max(woke) - min(woke) >= 0.015  # spread over up to 10 % of the pause
+    assert max(woke) <= end + 0.1
+
+
+async def test_account_limiter_rate_and_burst() -> None:
+    throttle, _ = make(account_calls_per_s=20.0, account_burst=2, app_calls_per_s=0)
+    started = time.monotonic()
+    for _ in range(6):  # 2 from the bucket, then 4 at 20/s
+        async with throttle.slot(HOST, "1"):
+            pass
+    elapsed = time.monotonic() - started
+    assert 0.17 <= elapsed < 0.4
+    started = time.monotonic()
+    async with throttle.slot(HOST, "2"):  # another account has its own bucket
+        assert time.monotonic() - started < 0.02
+
+
+async def test_account_limiter_disabled() -> None:
+    throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)
+    started = time.monotonic()
+    for _ in range(500):
+        async with throttle.slot(HOST, "1"):
+            pass
+    assert time.monotonic() - started < 0.1
+
+
+async def test_slowed_account_is_paced() -> None:
+    throttle, _ = make(account_calls_per_s=50.0, account_burst=1, app_calls_per_s=0,
+                       slow_down_at_pct=50.0, min_rate_fraction=0.1)
+    header = '{"1":[{"type":"instagram","call_count":100,"total_cputime":1,"total_time":1}]}'
+    throttle.observe(HOST, "1", {"X-Business-Use-Case-Usage": header})
+    assert throttle.rate_fraction("account", "1") == pytest.approx(0.1)  # 5 calls/s
+    started = time.monotonic()
+    for _ in range(4):
+        async with throttle.slot(HOST, "1"):
+            pass
+    assert time.monotonic() - started >= 0.55  # 3 gaps of 0.2 s (first slot is immediate)
