@@ -1,0 +1,513 @@
+"""`ig-collector run`: the long-running service.
+
+Shape (StyleGuide 8-10): a thin scheduler loop asks `scheduler.next_due` when each (account, job) runs
+next, keeps the answers in a heap, and moves what has come due into a BOUNDED queue, never more than the
+workers can take; N worker tasks run `Collector.run_job`; the collector hands rows and the job state to
+the one `Writer` (which applies backpressure while PostgreSQL is slow or down). State is read from
+`collector_job_state` at start, so a restart resumes; after that the daemon keeps its own copy, updated
+from each job's outcome (the same facts the writer commits).
+
+Signals only set events. SIGTERM/SIGINT: stop scheduling, drop queued work that has not started, let
+in-flight jobs finish within `shutdown_grace_s` (the collector starts no new Graph call once stopping),
+cancel what is left, flush the writer (shielded), close the client and the pool, exit 0. A second signal
+skips the grace period. SIGHUP: reload the config and the accounts file; an invalid config is logged and
+the old one stays in use; in-flight jobs are not touched.
+
+Fatal tasks (scheduler, workers, token refresher, gauges, watchdog) run in one `asyncio.TaskGroup`: if
+one of them dies the daemon stops (exit 3) and systemd restarts it. One account's failure never gets that
+far: a job's exception is logged with its account and job, counted, and retried on its back-off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import heapq
+import itertools
+import signal
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from collector import (
+    collect,
+    config,
+    exceptions,
+    graph,
+    httpserver,
+    metrics,
+    models,
+    ratelimit,
+    retry,
+    scheduler,
+    sdnotify,
+    settings,
+    status,
+    tokens,
+    webhook,
+)
+from collector.storage import db
+from collector.storage import writer as storage_writer
+
+log = structlog.get_logger("collector.daemon")
+
+EXIT_OK = 0
+EXIT_FATAL = 3
+GAUGE_INTERVAL_S = 5.0
+TOKEN_CHECK_MAX_S = 3600.0
+# Settings read once at start; a reload that changes them is reported, and they take effect on restart.
+RESTART_ONLY = ("database", "graph", "rate_limit", "retry", "http", "webhook", "state_dir", "log")
+
+Key = tuple[str, models.Job]  # (ig_user_id, job)
+
+
+def run(config_path: Path, args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
+    cfg = config.load(config_path)
+    use_uvloop = not getattr(args, "no_uvloop", False)
+    with asyncio.Runner(loop_factory=_loop_factory(use_uvloop)) as runner:
+        return runner.run(Daemon(config_path, cfg).serve())
+
+
+def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if not use_uvloop:
+        return None
+    try:
+        import uvloop  # noqa: PLC0415  # optional dependency (not on Windows)
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+class Daemon:
+    """One service instance. `serve()` is the whole life: open, run, drain, close."""
+
+    def __init__(self, config_path: Path, cfg: settings.Config, *,
+                 notifier: sdnotify.Notifier | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._path = config_path
+        self._config = cfg
+        self._notifier = notifier or sdnotify.Notifier()
+        self._clock = clock
+        self.metrics = metrics.Metrics()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._wake = asyncio.Event()  # a reload or a finished job: the scheduler looks again at once
+        self._reload_requested = False
+        self._configured: dict[str, models.Account] = {a.ig_user_id: a for a in cfg.accounts}
+        self._accounts: dict[str, models.Account] = dict(self._configured)  # with the effective token
+        self._states: dict[Key, scheduler.JobState] = {}
+        self._due: dict[Key, tuple[datetime, int]] = {}
+        self._heap: list[tuple[datetime, int, Key]] = []
+        self._seq = itertools.count()
+        self._in_flight: set[Key] = set()
+        self._workers = max(1, cfg.collect.max_concurrent_accounts)
+        # Bounded: the scheduler never pulls more work than the workers can start (StyleGuide 9).
+        self._queue: asyncio.Queue[Key | None] = asyncio.Queue(maxsize=self._workers)
+        self._tokens = tokens.TokenStore(cfg.state_dir)
+        self._freshness: dict[str, object] = {}
+        self._pool: asyncpg.Pool | None = None
+        self._client: graph.GraphClient | None = None
+        self._writer: storage_writer.Writer | None = None
+        self._collector: collect.Collector | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        try:
+            await asyncio.to_thread(self._tokens.load)
+            self._apply_tokens()
+            cfg = self._config
+            database = await db.open_database(cfg.database, state_dir=cfg.state_dir)
+            async with database:
+                self._pool = database.pool
+                applied = await database.migrate()
+                if applied:
+                    log.info("migrations_applied", names=applied)
+                self._states = await status.load_job_states(database.pool)
+                self._schedule_all(self._clock())
+                return await self._run_with(database.pool)
+        finally:
+            self._uninstall_signals(loop)
+
+    async def _run_with(self, pool: asyncpg.Pool) -> int:
+        cfg = self._config
+        throttle = ratelimit.Throttle(cfg.rate_limit, self.metrics)
+        policy = retry.RetryPolicy(cfg.retry, pause_cap_s=cfg.rate_limit.pause_cap_s)
+        async with graph.GraphClient(cfg.graph, throttle, policy, self.metrics) as client, \
+                storage_writer.Writer(pool, metrics=self.metrics) as writer:
+            self._client, self._writer = client, writer
+            self._collector = collect.Collector(cfg, client, writer, pool, self.metrics, stop=self._stop)
+            servers = self._http_servers(writer)
+            started: list[httpserver.HttpServer] = []
+            try:
+                for server in servers:
+                    await server.start()
+                    started.append(server)
+                code = await self._supervise()
+            finally:
+                for server in reversed(started):
+                    await server.stop()
+                self._notifier.status("flushing")
+            # Leaving the `async with`: the writer's close flushes everything fetched (shielded), then
+            # the Graph session closes, then (in serve) the pool.
+        log.info("daemon_stopped", exit_code=code)
+        return code
+
+    async def _supervise(self) -> int:
+        code = EXIT_OK
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sched = tg.create_task(self._scheduler_loop(), name="scheduler")
+                workers = [tg.create_task(self._worker(), name=f"worker-{i}") for i in range(self._workers)]
+                background = [
+                    tg.create_task(self._notifier.watchdog_loop(), name="watchdog"),
+                    tg.create_task(self._token_loop(), name="token-refresh"),
+                    tg.create_task(self._gauge_loop(), name="gauges"),
+                ]
+                self._notifier.ready(self._status_line())
+                log.info("daemon_ready", accounts=len(self._accounts), workers=self._workers,
+                         config=str(self._path))
+                await self._stop.wait()
+                self._notifier.stopping("draining in-flight jobs")
+                log.info("daemon_stopping", in_flight=len(self._in_flight),
+                         grace_s=self._config.schedule.shutdown_grace_s)
+                await _cancel(sched)
+                await self._drain(workers)
+                for task in background:
+                    await _cancel(task)
+        except* Exception as group:
+            for exc in group.exceptions:
+                log.error("fatal_task_failed", error=repr(exc), exc_info=exc)
+            code = EXIT_FATAL
+        return code
+
+    async def _drain(self, workers: list[asyncio.Task[None]]) -> None:
+        """Drop queued jobs that have not started (they stay due), then give the running ones the grace
+        period."""
+        while not self._queue.empty():
+            key = self._queue.get_nowait()
+            if key is not None:
+                self._in_flight.discard(key)
+        for _ in workers:
+            self._queue.put_nowait(None)  # the queue was just emptied and holds one slot per worker
+        grace = asyncio.create_task(asyncio.wait(workers, timeout=self._config.schedule.shutdown_grace_s))
+        forced = asyncio.create_task(self._force.wait())
+        await asyncio.wait([grace, forced], return_when=asyncio.FIRST_COMPLETED)
+        await _cancel(forced)
+        await _cancel(grace)
+        late = [w for w in workers if not w.done()]
+        if late:
+            log.warning("jobs_cancelled_after_grace", jobs=len(late))
+        for task in late:
+            await _cancel(task)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    @staticmethod
+    def _uninstall_signals(loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stop.is_set():
+            log.warning("stop_forced", signal=name)
+            self._force.set()
+        else:
+            log.info("stop_requested", signal=name)
+            self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _push(self, key: Key, due: datetime) -> None:
+        seq = next(self._seq)
+        self._due[key] = (due, seq)
+        heapq.heappush(self._heap, (due, seq, key))
+
+    def _schedule_all(self, now: datetime) -> None:
+        for ig_user_id in self._accounts:
+            self._schedule_account(ig_user_id, now)
+
+    def _schedule_account(self, ig_user_id: str, now: datetime) -> None:
+        schedule = self._config.schedule
+        for job in models.Job:
+            key = (ig_user_id, job)
+            if key not in self._in_flight:
+                self._push(key, scheduler.next_due(ig_user_id, job, self._states.get(key), now, schedule))
+
+    def _dispatch(self, now: datetime) -> int:
+        """Move due work into the queue while it has room; what does not fit stays due in the heap."""
+        moved = 0
+        while self._heap and self._heap[0][0] <= now and not self._queue.full():
+            due, seq, key = heapq.heappop(self._heap)
+            if self._due.get(key) != (due, seq) or key[0] not in self._accounts:
+                continue  # superseded by a later push, or the account was removed
+            del self._due[key]
+            self._in_flight.add(key)
+            self._queue.put_nowait(key)
+            moved += 1
+        return moved
+
+    async def _scheduler_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._reload_requested:
+                self._reload_requested = False
+                await self._reload()
+            self._dispatch(self._clock())
+            self.metrics.queue_depth.labels(queue="jobs").set(self._queue.qsize())
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(self._config.schedule.tick_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            if key is None:
+                return
+            try:
+                await self._run(key)
+            finally:
+                self._in_flight.discard(key)
+                self._wake.set()  # the queue has room again
+
+    async def _run(self, key: Key) -> None:
+        ig_user_id, job = key
+        account = self._accounts.get(ig_user_id)
+        collector = self._collector
+        if account is None or collector is None:
+            return  # removed by a reload while queued
+        started = self._clock()
+        state = self._states.get(key) or scheduler.JobState()
+        schedule = self._config.schedule
+        tiers = schedule.media_tiers
+
+        def media_due(posted_at: datetime | None, refreshed_at: datetime | None, now: datetime) -> bool:
+            return scheduler.media_due(posted_at, refreshed_at, now, tiers)
+
+        days = scheduler.account_days(state.last_success_at, started, schedule,
+                                      self._config.collect.account_backfill_days)
+        succeeded: bool
+        with structlog.contextvars.bound_contextvars(ig_user_id=ig_user_id, job=job.value):
+            try:
+                outcome = await collector.run_job(account, job, started, media_due=media_due,
+                                                  account_days=days)
+            except exceptions.ShutdownRequested:
+                return  # stopped part-way: no state recorded, so it is due again after the restart
+            except Exception as exc:  # one account's bug must not take the daemon down
+                log.exception("job_crashed", error=type(exc).__name__)
+                self.metrics.jobs.labels(job.value, "crashed").inc()
+                succeeded = False
+            else:
+                succeeded = outcome.ok
+                if outcome.ok and job is models.Job.PROFILE:
+                    self.metrics.account_status.labels(ig_user_id=ig_user_id).set(1)
+                elif outcome.account_level:
+                    self.metrics.account_status.labels(ig_user_id=ig_user_id).set(0)
+        new_state = state.after(started, succeeded=succeeded)
+        self._states[key] = new_state
+        if ig_user_id in self._accounts and not self._stop.is_set():
+            now = self._clock()
+            self._push(key, scheduler.next_due(ig_user_id, job, new_state, now, self._config.schedule))
+
+    # ------------------------------------------------------------------ reload
+
+    async def _reload(self) -> None:
+        self._notifier.reloading()
+        try:
+            new = await asyncio.to_thread(config.load, self._path)
+        except exceptions.ConfigError as exc:
+            log.error("config_reload_failed", error=str(exc), kept="the previous config")
+            self._notifier.ready(self._status_line())
+            return
+        old = self._config
+        changed_restart_only = [name for name in RESTART_ONLY if getattr(old, name) != getattr(new, name)]
+        if changed_restart_only:
+            log.warning("config_reload_needs_restart", sections=changed_restart_only)
+        # Keep what is only read at start, take the rest.
+        kept = {name: getattr(old, name) for name in RESTART_ONLY}
+        new = dataclasses.replace(new, **kept)
+        now = self._clock()
+        before = self._configured
+        after = {a.ig_user_id: a for a in new.accounts}
+        added = [i for i in after if i not in before]
+        removed = [i for i in before if i not in after]
+        tokens_changed = [i for i in after if i in before and after[i].access_token != before[i].access_token]
+        self._config = new
+        self._configured = after
+        self._apply_tokens()
+        for ig_user_id in removed:
+            for job in models.Job:
+                self._due.pop((ig_user_id, job), None)
+                self._states.pop((ig_user_id, job), None)
+        for ig_user_id in added:
+            self._schedule_account(ig_user_id, now)  # no state: due at once
+        if old.schedule != new.schedule:
+            self._schedule_all(now)  # re-derive every due time under the new schedule
+        if old.collect != new.collect and self._client and self._writer and self._pool:
+            # In-flight jobs finish with the collector they started with.
+            self._collector = collect.Collector(new, self._client, self._writer, self._pool, self.metrics,
+                                                stop=self._stop)
+        log.info("config_reloaded", accounts=len(after), added=len(added), removed=len(removed),
+                 tokens_changed=len(tokens_changed))
+        self._notifier.ready(self._status_line())
+
+    def _apply_tokens(self) -> None:
+        self._accounts = {i: self._tokens.effective(a) for i, a in self._configured.items()}
+
+    # ------------------------------------------------------------------ tokens
+
+    async def _token_loop(self) -> None:
+        while True:
+            client = self._client
+            if client is not None:
+                changed = await tokens.refresh_round(
+                    self._tokens, list(self._configured.values()), self._clock(),
+                    schedule=self._config.schedule, call=_refresh_call(client), counters=self.metrics)
+                for ig_user_id, account in changed.items():
+                    if ig_user_id in self._accounts:
+                        self._accounts[ig_user_id] = account
+                self._tokens.forget_except(self._configured)
+            await asyncio.sleep(self._token_check_interval_s())
+
+    def _token_check_interval_s(self) -> float:
+        schedule = self._config.schedule
+        after_s = schedule.token_refresh_after_days * 86400.0
+        return max(schedule.tick_s, min(TOKEN_CHECK_MAX_S, after_s / 10))
+
+    # ------------------------------------------------------------------ observability
+
+    async def _gauge_loop(self) -> None:
+        while True:
+            self._update_gauges(self._clock())
+            self._notifier.status(self._status_line())
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+
+    def _update_gauges(self, now: datetime) -> None:
+        schedule = self._config.schedule
+        ages: dict[str, float | None] = {}
+        stale: list[str] = []
+        for ig_user_id in self._accounts:
+            worst: float | None = 0.0
+            for job in models.Job:
+                state = self._states.get((ig_user_id, job))
+                if state is None or state.last_success_at is None:
+                    worst = None
+                    continue
+                age_s = (now - state.last_success_at).total_seconds()
+                self.metrics.last_success_age.labels(ig_user_id=ig_user_id, job=job.value).set(age_s)
+                # Stale: two periods without a success (the daily job: two days).
+                if age_s > 2 * scheduler.interval_s(job, schedule) and ig_user_id not in stale:
+                    stale.append(ig_user_id)
+                if worst is not None:
+                    worst = max(worst, age_s)
+            ages[ig_user_id] = worst
+        due = sum(1 for d, _ in self._due.values() if d <= now)
+        self.metrics.queue_depth.labels(queue="due").set(due)
+        known = [a for a in ages.values() if a is not None]
+        self._freshness = {
+            "accounts": len(self._accounts),
+            "never_collected": sum(1 for a in ages.values() if a is None),
+            "stale": len(stale),
+            "stale_examples": stale[:10],
+            "oldest_success_age_s": round(max(known), 1) if known else None,
+            "jobs_in_flight": len(self._in_flight),
+            "jobs_due": due,
+        }
+
+    def _status_line(self) -> str:
+        return (f"{len(self._accounts)} accounts, {len(self._in_flight)} jobs in flight, "
+                f"{self._freshness.get('stale', 0)} stale")
+
+    def _http_servers(self, writer: storage_writer.Writer) -> list[httpserver.HttpServer]:
+        cfg = self._config
+        servers: list[httpserver.HttpServer] = []
+        main: httpserver.HttpServer | None = None
+        if cfg.http.listen:
+            main = httpserver.HttpServer(cfg.http.listen, metrics=self.metrics, health=_Health(self))
+            servers.append(main)
+        if cfg.webhook is not None:
+            receiver = webhook.WebhookReceiver(cfg.webhook, accounts=lambda: self._accounts, writer=writer,
+                                               metrics=self.metrics)
+            if cfg.webhook.listen:
+                hooks = httpserver.HttpServer(cfg.webhook.listen)
+                hooks.add_routes(receiver.routes())
+                servers.append(hooks)
+            elif main is not None:
+                main.add_routes(receiver.routes())
+            else:
+                log.warning("webhook_not_served", reason="neither [webhook] listen nor [http] listen is set")
+        return servers
+
+    # ------------------------------------------------------------------ for tests and status
+
+    @property
+    def accounts(self) -> Mapping[str, models.Account]:
+        return self._accounts
+
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        return self._pool
+
+    @property
+    def freshness(self) -> Mapping[str, object]:
+        return self._freshness
+
+    def due_times(self) -> dict[Key, datetime]:
+        return {key: due for key, (due, _) in self._due.items()}
+
+
+class _Health:
+    """What /healthz reports, from the daemon's own state (cheap) plus a live `SELECT 1`."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    async def database_ok(self) -> bool:
+        pool = self._daemon.pool
+        return pool is not None and await httpserver.ping_database(pool)
+
+    def freshness(self) -> Mapping[str, object]:
+        return self._daemon.freshness
+
+
+def _refresh_call(client: graph.GraphClient) -> tokens.RefreshCall:
+    async def call(account: models.Account) -> Mapping[str, object]:
+        # reference §7.3: unversioned, on graph.instagram.com, the token in access_token.
+        body: dict[str, Any] = await client.get_with_token(
+            "instagram", account.access_token, "refresh_access_token", {"grant_type": "ig_refresh_token"},
+            versioned=False)
+        return body
+    return call
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # we ourselves are being cancelled
+

@@ -1,0 +1,137 @@
+"""`ig-collector status`: each configured account's last success per job, status, and next due time.
+
+Read from the database (what the daemon committed) and computed with the daemon's own `scheduler`
+functions, so the next due time shown is the one the daemon would choose. Token expiry comes from the
+token store when the caller may read it (the service user).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TextIO
+
+import asyncpg
+
+from collector import exceptions, models, scheduler, settings, tokens
+from collector.storage import db
+
+Key = tuple[str, models.Job]
+
+_JOB_STATE_SQL = """
+SELECT ig_user_id::text AS ig_user_id, job, last_success_at, last_attempt_at, consecutive_failures
+FROM collector_job_state
+"""
+_ACCOUNT_SQL = "SELECT ig_user_id::text AS ig_user_id, username, status, status_detail FROM ig_account"
+_JOB_COLUMNS = {
+    models.Job.PROFILE: "PROFILE",
+    models.Job.MEDIA: "MEDIA",
+    models.Job.STORIES: "STORIES",
+    models.Job.ACCOUNT_INSIGHTS: "ACCT_INSIGHTS",
+    models.Job.DEMOGRAPHICS: "DEMOGRAPHICS",
+}
+
+
+async def load_job_states(pool: asyncpg.Pool) -> dict[Key, scheduler.JobState]:
+    """Every row of `collector_job_state` as scheduler state (unknown job names are skipped)."""
+    try:
+        rows = await pool.fetch(_JOB_STATE_SQL)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise exceptions.StorageError(f"cannot read collector_job_state: {exc}") from exc
+    jobs = {job.value: job for job in models.Job}
+    states: dict[Key, scheduler.JobState] = {}
+    for row in rows:
+        job = jobs.get(row["job"])
+        if job is not None:
+            states[(row["ig_user_id"], job)] = scheduler.JobState(
+                row["last_success_at"], row["last_attempt_at"], row["consecutive_failures"])
+    return states
+
+
+async def _load_accounts(pool: asyncpg.Pool) -> dict[str, dict[str, object]]:
+    try:
+        rows = await pool.fetch(_ACCOUNT_SQL)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise exceptions.StorageError(f"cannot read ig_account: {exc}") from exc
+    return {row["ig_user_id"]: dict(row.items()) for row in rows}
+
+
+async def main(config: settings.Config, *, out: TextIO | None = None) -> int:
+    """Print the table; exit 0 (3 when the database cannot be read: raised as StorageError)."""
+    database = await db.open_database(config.database, state_dir=config.state_dir)
+    async with database:
+        states = await load_job_states(database.pool)
+        accounts = await _load_accounts(database.pool)
+    store = tokens.TokenStore(config.state_dir)
+    try:
+        store.load()
+        readable = True
+    except (exceptions.ConfigError, PermissionError):
+        readable = False
+    lines = render(config, states, accounts, store if readable else None, datetime.now(UTC))
+    (out or sys.stdout).write("\n".join(lines) + "\n")
+    return 0
+
+
+def render(config: settings.Config, states: Mapping[Key, scheduler.JobState],
+           accounts: Mapping[str, Mapping[str, object]], store: tokens.TokenStore | None,
+           now: datetime) -> list[str]:
+    """The table as lines (pure: everything it shows is passed in)."""
+    header = ["IG_USER_ID", "USERNAME", "STATUS", *_JOB_COLUMNS.values(), "NEXT DUE", "TOKEN"]
+    table: list[list[str]] = [header]
+    for account in config.accounts:
+        row = accounts.get(account.ig_user_id, {})
+        cells = [account.ig_user_id, str(row.get("username") or "-"), str(row.get("status") or "new")]
+        next_key: tuple[datetime, models.Job] | None = None
+        for job in _JOB_COLUMNS:
+            state = states.get((account.ig_user_id, job))
+            cells.append(_last_success(state, now))
+            due = scheduler.next_due(account.ig_user_id, job, state, now, config.schedule)
+            if next_key is None or due < next_key[0]:
+                next_key = (due, job)
+        assert next_key is not None  # there is always a job
+        cells.append(f"{_until(next_key[0], now)} ({next_key[1].value})")
+        cells.append(_token(account, store, now))
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines.append("")
+    lines.append("Job columns: age of the last success; '!N' after it: the last N attempts failed.")
+    details = [(a.ig_user_id, accounts[a.ig_user_id].get("status_detail")) for a in config.accounts
+               if a.ig_user_id in accounts and accounts[a.ig_user_id].get("status") not in (None, "ok")]
+    lines.extend(f"{ig_user_id}: {detail}" for ig_user_id, detail in details if detail)
+    return lines
+
+
+def _last_success(state: scheduler.JobState | None, now: datetime) -> str:
+    if state is None:
+        return "never"
+    text = _age(now - state.last_success_at) if state.last_success_at else "never"
+    return f"{text} !{state.consecutive_failures}" if state.failing else text
+
+
+def _age(delta: timedelta) -> str:
+    return _duration(max(0.0, delta.total_seconds()))
+
+
+def _until(due: datetime, now: datetime) -> str:
+    seconds = (due - now).total_seconds()
+    return "now" if seconds <= 0 else f"in {_duration(seconds)}"
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}" if unit != "d" else f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _token(account: models.Account, store: tokens.TokenStore | None, now: datetime) -> str:
+    if account.login != "instagram":
+        return "-"
+    if store is None:
+        return "?"
+    days = store.expiry_days(account, now)
+    return "unknown" if days is None else f"{days:.0f}d left"
+
