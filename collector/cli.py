@@ -1,0 +1,328 @@
+"""`ig-collector`: argparse subcommands, signal handling and exit codes.
+
+Exit codes (stable; operators and systemd depend on them):
+    0    every account collected
+    1    the pass completed, but some accounts failed permanently (their status is recorded)
+    2    config or usage error (the message names the file, the key or line, and what is wrong)
+    3    fatal: database unreachable, migration failed, or an internal error
+    130  stopped by SIGINT, 143 by SIGTERM (after flushing everything already fetched)
+
+Each subcommand imports what it needs when it runs, so `--help` stays fast and a module that fails to
+import breaks only the subcommands that use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+
+from collector import __version__, config, exceptions, logs, metrics, progress, settings
+
+if TYPE_CHECKING:  # imported where used, at run time (see the module docstring)
+    from collector.storage import db
+
+EXIT_OK = 0
+EXIT_ACCOUNTS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_FATAL = 3
+CONFIG_ENV = "IG_COLLECTOR_CONFIG"
+
+log = structlog.get_logger("collector.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Signals:
+    """SIGTERM/SIGINT only request a stop (`stop` is set); a second signal cancels the main task, which
+    still flushes (the writer's close is shielded). `exit_code` is 128 + the first signal's number."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.received: int | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.received is None else 128 + self.received
+
+    def install(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        self._task = task
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.received is None:
+            self.received = signum
+            log.warning("stop_requested", signal=signal.Signals(signum).name)
+            self.stop.set()
+        elif self._task is not None:
+            log.warning("stop_forced", signal=signal.Signals(signum).name)
+            self._task.cancel()
+
+
+def run_async(main: Callable[[Signals], Awaitable[int]], *, use_uvloop: bool = True) -> int:
+    """Run `main` on a fresh event loop (uvloop when available and wanted) with stop-on-signal handling."""
+    signals = Signals()
+
+    async def wrapper() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        signals.install(loop, task)
+        try:
+            code = await main(signals)
+        finally:
+            signals.uninstall(loop)
+        return signals.exit_code if signals.exit_code is not None else code
+
+    with asyncio.Runner(loop_factory=_loop_factory(use_uvloop)) as runner:
+        try:
+            return runner.run(wrapper())
+        except asyncio.CancelledError:
+            if signals.exit_code is None:
+                raise
+            return signals.exit_code
+
+
+def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if not use_uvloop:
+        return None
+    try:
+        import uvloop  # noqa: PLC0415  # optional: not on Windows
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+# -- subcommands -----------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> settings.Config:
+    """Load the config, then (re)configure logging from it unless the command line said otherwise."""
+    cfg = config.load(args.config)
+    logs.configure(level=args.log_level or cfg.log.level,
+                   json=args.log_json if args.log_json is not None else cfg.log.json)
+    return cfg
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    print("\n".join(config.summary(cfg)))
+    print("config ok")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+
+    async def main(signals: Signals) -> int:
+        from collector.storage import db  # noqa: PLC0415  # lazy: see module docstring
+
+        async with await db.open_database(cfg.database, state_dir=cfg.state_dir) as database:
+            applied = await _migrate(database)
+        print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {name}" for name in applied))
+        return EXIT_OK
+
+    return run_async(main, use_uvloop=not args.no_uvloop)
+
+
+async def _migrate(database: db.Database) -> list[str]:
+    applied = await database.migrate()  # raises StorageError (exit 3)
+    if applied:
+        log.info("migrations_applied", names=applied)
+    return applied
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+
+    async def main(signals: Signals) -> int:
+        from collector import collect  # noqa: PLC0415
+        from collector.storage import db  # noqa: PLC0415
+
+        display = progress.ProgressDisplay(log_interval_s=args.progress_interval_s)
+        async with await db.open_database(cfg.database, state_dir=cfg.state_dir) as database:
+            await _migrate(database)
+            try:
+                summary = await collect.run_pass(
+                    cfg, database.pool, stop=signals.stop, metrics=metrics.Metrics(),
+                    on_progress=None if args.no_progress else display)
+            finally:
+                display.close()
+        _print_summary(summary)
+        return int(summary.exit_code)
+
+    return run_async(main, use_uvloop=not args.no_uvloop)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _load(args)  # validate first: a bad config exits 2 before anything starts
+    daemon = importlib.import_module("collector.daemon")
+    return int(daemon.run(args.config, args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    status = importlib.import_module("collector.status")
+    result = status.main(cfg)
+    if inspect.isawaitable(result):
+        awaitable = result
+
+        async def main(signals: Signals) -> int:
+            return int(await awaitable)
+
+        return run_async(main, use_uvloop=not args.no_uvloop)
+    return int(result)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    logs.configure(level=args.log_level or "info", json=args.log_json)
+    simulator_cli = importlib.import_module("collector.simulator.cli")
+    return int(simulator_cli.run(args))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    logs.configure(level=args.log_level or "warning", json=args.log_json)
+    demo = importlib.import_module("collector.demo")
+    return int(demo.run(args))
+
+
+def _print_summary(summary: Any) -> None:
+    data = summary.as_dict() if hasattr(summary, "as_dict") else vars(summary)
+    option = orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0
+    sys.stdout.write(logs.redact(orjson.dumps(data, default=str, option=option).decode()) + "\n")
+    sys.stdout.flush()
+
+
+# -- parser ----------------------------------------------------------------------------------------------
+
+_COMMANDS: dict[str, tuple[Handler, str, str]] = {
+    "once": (cmd_once, "run one collection pass over every account, then exit",
+             "Migrate the database, collect every configured account once (profile, media, stories, "
+             "media and account insights), write everything, print a summary and exit. Exit codes: 0 all "
+             "accounts ok; 1 some accounts failed permanently; 2 config error; 3 database unreachable or "
+             "migration failed; 143/130 after SIGTERM/SIGINT (work already fetched is flushed first)."),
+    "run": (cmd_run, "run the collector as a daemon (systemd service)",
+            "Keep every account fresh on its own schedule until SIGTERM/SIGINT (exit 0 after draining). "
+            "SIGHUP reloads the config and the accounts file."),
+    "migrate": (cmd_migrate, "apply pending database migrations and exit",
+                "Apply the numbered migrations in sql/ that the database lacks, under an advisory lock "
+                "(safe to run while a daemon starts). Exit 3 when the database is unreachable or a "
+                "migration fails."),
+    "check-config": (cmd_check_config, "validate the config and print a short summary",
+                     "Load and validate the config and its accounts file; print the number of accounts by "
+                     "login and the database target (password masked). Tokens are never printed. Exit 2 "
+                     "with a message naming the file and key or line when something is wrong."),
+    "simulate": (cmd_simulate, "serve a fake Graph API for tests and demos",
+                 "Serve a deterministic fake of Meta's Graph API (both hosts' path shapes, paging, metric "
+                 "rules, error bodies, usage headers) over HTTP until interrupted."),
+    "demo": (cmd_demo, "collect from a local simulator into PostgreSQL and show what was stored",
+             "Start the simulator in-process, write a config pointing at it, open the database "
+             "($DATABASE_URL if set, else an embedded PostgreSQL), migrate, run one pass with a live "
+             "progress display and print a summary of the stored data."),
+    "status": (cmd_status, "show each account's last success, status and next due time",
+               "Read per-account and per-job state from the database and print it as a table."),
+}
+_WITH_CONFIG = ("once", "run", "migrate", "check-config", "status")
+_WITH_LOOP = ("once", "run", "migrate", "status", "demo")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser. `command` is the subcommand about to run: only its extra arguments that live in
+    other modules (the simulator's) are imported."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("logging")
+    group.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"),
+                       help="log level (default: [log] level of the config, else info)")
+    group.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
+                       help="JSON log lines on stderr (default: JSON unless stderr is a terminal)")
+
+    parser = argparse.ArgumentParser(
+        prog="ig-collector",
+        description="Collect Instagram account and media insights from Meta's Graph API into PostgreSQL.",
+        epilog="Exit codes: 0 ok, 1 some accounts failed, 2 config/usage error, 3 fatal, "
+               "130/143 interrupted by SIGINT/SIGTERM. Run 'ig-collector <command> --help' for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, (handler, help_text, description) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description, parents=[common])
+        p.set_defaults(handler=handler)
+        if name in _WITH_CONFIG:
+            default = os.environ.get(CONFIG_ENV)
+            p.add_argument("-c", "--config", type=Path, default=Path(default) if default else None,
+                           required=not default, metavar="PATH",
+                           help=f"TOML config file (default: ${CONFIG_ENV})")
+        if name in _WITH_LOOP:
+            p.add_argument("--no-uvloop", action="store_true",
+                           help="use the standard asyncio event loop instead of uvloop")
+    _add_once_arguments(sub.choices["once"])
+    _add_demo_arguments(sub.choices["demo"])
+    _add_simulator_arguments(sub.choices["simulate"], load=command == "simulate")
+    return parser
+
+
+def _add_once_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress display")
+    p.add_argument("--progress-interval-s", type=float, default=30.0, metavar="S",
+                   help="seconds between progress log events when stderr is not a terminal (default 30)")
+
+
+def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accounts", type=int, default=20, help="simulated accounts (default 20)")
+    p.add_argument("--media", type=int, default=30, help="media per simulated account (default 30)")
+    p.add_argument("--latency-ms", type=float, default=20.0, help="simulated Graph latency (default 20)")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    p.add_argument("--state-dir", type=Path, default=Path(".demo"),
+                   help="where the demo writes its config and embedded PostgreSQL (default .demo)")
+
+
+def _add_simulator_arguments(p: argparse.ArgumentParser, *, load: bool) -> None:
+    if not load:
+        return
+    try:
+        simulator_cli = importlib.import_module("collector.simulator.cli")
+    except ImportError:
+        # Let the handler raise the real import error as an internal error instead of argparse
+        # complaining about arguments it cannot know.
+        p.add_argument("simulator_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
+    simulator_cli.add_arguments(p)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in _COMMANDS), None)
+    args = build_parser(command).parse_args(argv)  # usage errors exit 2 here
+    logs.configure(level=args.log_level or "info", json=args.log_json)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except exceptions.ConfigError as exc:
+        print(f"ig-collector: config error: {logs.redact(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except exceptions.StorageError as exc:
+        log.error("fatal_storage_error", error=str(exc), cause=repr(exc.__cause__) if exc.__cause__ else None)
+        return EXIT_FATAL
+    except KeyboardInterrupt:  # a SIGINT before the event loop took over signal handling
+        return 128 + signal.SIGINT
+    except Exception:
+        log.exception("internal_error", command=args.command)
+        return EXIT_FATAL
