@@ -1,0 +1,100 @@
+"""Rate-limit budgets and the usage headers (graph-api.md §6).
+
+One `Scope` per account (Instagram BUC, keyed by the token's IG user id) and one for the app. A budget
+allows `calls` calls per rolling `window_s`; the call that would exceed it is rejected and blocks the scope
+for `block_s`, and every call during the block is rejected too (counted, but it extends nothing: a
+simplification of Meta's "more calls extend the block"). The rolling window is cleared when a block starts.
+
+With a budget off (calls = 0) nothing is ever rejected, and the headers report usage of a nominal
+budget (`NOMINAL_CALLS` per hour, fixed windows) so clients always see realistic small percentages.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+from typing import Any
+
+NOMINAL_CALLS = 4800
+NOMINAL_WINDOW_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    calls: int = 0  # 0: off
+    window_s: float = 3600.0
+    block_s: float = 60.0
+
+
+class Scope:
+    __slots__ = ("blocked_until", "calls", "nominal_count", "nominal_window")
+
+    def __init__(self) -> None:
+        self.calls: collections.deque[float] = collections.deque()
+        self.blocked_until = 0.0
+        self.nominal_window = -1
+        self.nominal_count = 0
+
+
+class Limits:
+    def __init__(self, account: Budget, app: Budget) -> None:
+        self.account_budget = account
+        self.app_budget = app
+        self.app = Scope()
+        self.accounts: dict[str, Scope] = {}
+
+    def reset(self) -> None:
+        self.app = Scope()
+        self.accounts.clear()
+
+    def account_scope(self, ig_user_id: str) -> Scope:
+        scope = self.accounts.get(ig_user_id)
+        if scope is None:
+            scope = self.accounts[ig_user_id] = Scope()
+        return scope
+
+    @staticmethod
+    def admit(scope: Scope, budget: Budget, now: float) -> float:
+        """Count a call; 0.0 if it may proceed, else the seconds left of the scope's block."""
+        if scope.blocked_until > now:
+            return scope.blocked_until - now
+        if budget.calls <= 0:
+            window = int(now // NOMINAL_WINDOW_S)
+            if window != scope.nominal_window:
+                scope.nominal_window, scope.nominal_count = window, 0
+            scope.nominal_count += 1
+            return 0.0
+        calls = scope.calls
+        cutoff = now - budget.window_s
+        while calls and calls[0] <= cutoff:
+            calls.popleft()
+        if len(calls) >= budget.calls:
+            scope.blocked_until = now + budget.block_s
+            calls.clear()
+            return budget.block_s
+        calls.append(now)
+        return 0.0
+
+    @staticmethod
+    def usage(scope: Scope, budget: Budget, now: float) -> tuple[int, int]:
+        """(percent of the budget used, minutes until access is regained)."""
+        if scope.blocked_until > now:
+            return 100, math.ceil((scope.blocked_until - now) / 60)
+        if budget.calls <= 0:
+            used = scope.nominal_count if scope.nominal_window == int(now // NOMINAL_WINDOW_S) else 0
+            return min(100, used * 100 // NOMINAL_CALLS), 0
+        calls = scope.calls
+        cutoff = now - budget.window_s
+        while calls and calls[0] <= cutoff:
+            calls.popleft()
+        return min(100, len(calls) * 100 // budget.calls), 0
+
+    def app_usage_header(self, now: float) -> dict[str, Any]:
+        pct, _ = self.usage(self.app, self.app_budget, now)
+        return {"call_count": pct, "total_time": pct * 3 // 4, "total_cputime": pct // 2}
+
+    def buc_header(self, ig_user_id: str, now: float) -> dict[str, Any]:
+        pct, regain_min = self.usage(self.account_scope(ig_user_id), self.account_budget, now)
+        return {ig_user_id: [{"type": "instagram", "call_count": pct, "total_cputime": pct // 2,
+                              "total_time": pct * 3 // 4, "estimated_time_to_regain_access": regain_min}]}

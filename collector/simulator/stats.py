@@ -1,0 +1,35 @@
+"""Counters of what the simulator served, in-process and at `GET /__sim/stats`: tests and benchmarks
+count wasted calls (throttled, made while blocked, faulted) from them."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests = 0  # HTTP requests (a batch is one)
+        self.calls = 0  # Graph calls (each batch operation is one)
+        self.by_kind: collections.Counter[str] = collections.Counter()
+        self.by_status: collections.Counter[int] = collections.Counter()
+        self.by_code: collections.Counter[int] = collections.Counter()  # Graph error codes
+        # scope ("app" | "account") -> throttle answers; while_blocked: those that arrived during a block
+        self.throttled: collections.Counter[str] = collections.Counter()
+        self.while_blocked: collections.Counter[str] = collections.Counter()
+        self.faults: collections.Counter[str] = collections.Counter()
+        self.by_account: collections.Counter[str] = collections.Counter()  # calls per ig user id
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests, "calls": self.calls,
+            "by_kind": dict(self.by_kind), "by_status": {str(k): v for k, v in self.by_status.items()},
+            "by_code": {str(k): v for k, v in self.by_code.items()},
+            "throttled": dict(self.throttled), "throttled_total": sum(self.throttled.values()),
+            "while_blocked": dict(self.while_blocked),
+            "while_blocked_total": sum(self.while_blocked.values()),
+            "faults": dict(self.faults), "accounts_called": len(self.by_account),
+        }
