@@ -20,7 +20,8 @@ from collector import exceptions, redaction
 # for a while instead of hammering it with fast retries.
 THROTTLE_CODES = frozenset(
     {4, 17, 32, 341, 368, 613, 80000, 80001, 80002, 80003, 80004, 80005, 80006, 80008, 80009, 80014})
-TOKEN_CODES = frozenset({102, 190})
+# 104: "An access token is required to request this resource" (a missing or empty token).
+TOKEN_CODES = frozenset({102, 104, 190})
 TRANSIENT_CODES = frozenset({1, 2})
 SUBCODE_PRE_CONVERSION = 2108006
 SUBCODE_OBJECT_NOT_FOUND = 33

@@ -1,4 +1,4 @@
-"""classify(): Meta's error envelopes (reference graph-api.md §1.3, §2.3, §2.4, §3.2, §6.3, §7) -> exception tree."""
+"""classify(): Meta's error envelopes (graph-api.md §1.3, §2.3, §2.4, §3.2, §6.3, §7) -> exception tree."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def envelope(message: str, code: int, *, subcode: int | None = None, type_: str 
     return orjson.dumps({"error": error})
 
 
-# -- throttles: whatever the HTTP status ------------------------------------------------------------------
+# -- throttles: whatever the HTTP status ---------------------------------------------------------------------
 
 THROTTLES = [
     (4, "(#4) Application request limit reached", "app"),
@@ -66,10 +66,11 @@ def test_code_102_is_a_token_error() -> None:
     assert type(graph_errors.classify(400, envelope("API Session", 102))) is exceptions.TokenInvalid
 
 
-# -- permissions and thresholds ----------------------------------------------------------------------------
+# -- permissions and thresholds ------------------------------------------------------------------------------
 
 def test_not_enough_viewers() -> None:
-    error = graph_errors.classify(400, envelope("(#10) Not enough viewers for the media to show insights", 10))
+    body = envelope("(#10) Not enough viewers for the media to show insights", 10)
+    error = graph_errors.classify(400, body)
     assert type(error) is exceptions.NotEnoughViewers
 
 
@@ -83,7 +84,7 @@ def test_permission_denied(code: int, message: str) -> None:
     assert type(graph_errors.classify(403, envelope(message, code))) is exceptions.PermissionDenied
 
 
-# -- code 100 family -------------------------------------------------------------------------------------------
+# -- code 100 family -----------------------------------------------------------------------------------------
 
 def test_pre_conversion_media_exact_body() -> None:
     body = (b'{"error":{"message":"Invalid parameter","type":"OAuthException","code":100,'
@@ -128,14 +129,14 @@ def test_unsupported_single_metric_views() -> None:
 
 
 def test_metric_not_supported_for_media_type() -> None:
-    error = graph_errors.classify(400, envelope("(#100) The metric shares is not supported for this media type",
-                                                100))
+    body = envelope("(#100) The metric shares is not supported for this media type", 100)
+    error = graph_errors.classify(400, body)
     assert isinstance(error, exceptions.UnsupportedMetric) and error.metrics == {"shares"}
 
 
 def test_deprecated_since_v22() -> None:
-    body = envelope("(#100) Starting from version 22 and above, the impressions metric is no longer supported "
-                    "for the queried user. Please refer to the documentation at https://developers.facebook.com"
+    body = envelope("(#100) Starting from version 22 and above, the impressions metric is no longer "
+                    "supported for the queried user. Please refer to the documentation at https://developers.facebook.com"
                     "/docs/instagram-api/reference/ig-user/insights for a list of supported metrics.", 100)
     error = graph_errors.classify(400, body)
     assert isinstance(error, exceptions.UnsupportedMetric) and error.metrics == {"impressions"}
@@ -166,8 +167,8 @@ def test_metric_type_total_value_required() -> None:
 
 
 def test_metric_type_total_value_required_several() -> None:
-    body = envelope("(#100) The following metrics (views, profile_views, accounts_engaged) should be specified "
-                    "with parameter metric_type=total_value", 100)
+    body = envelope("(#100) The following metrics (views, profile_views, accounts_engaged) should be "
+                    "specified with parameter metric_type=total_value", 100)
     error = graph_errors.classify(400, body)
     assert isinstance(error, exceptions.MetricTypeRequired)
     assert error.metrics == {"views", "profile_views", "accounts_engaged"}
@@ -187,7 +188,8 @@ def test_range_too_long() -> None:
 
 
 @pytest.mark.parametrize("message", [
-    "(#100) (follower_count) metric only supports querying data for the last 30 days excluding the current day",
+    "(#100) (follower_count) metric only supports querying data for the last 30 days excluding the current "
+    "day",
     "Invalid parameter",
     "(#100) The metric type total_value is not supported here",  # names no metric: not an UnsupportedMetric
 ])
@@ -195,7 +197,7 @@ def test_other_100_is_invalid_parameter(message: str) -> None:
     assert type(graph_errors.classify(400, envelope(message, 100))) is exceptions.InvalidParameter
 
 
-# -- transient -------------------------------------------------------------------------------------------------
+# -- transient -----------------------------------------------------------------------------------------------
 
 def test_code_1_unknown_error() -> None:
     error = graph_errors.classify(500, envelope("An unknown error occurred", 1))
@@ -203,7 +205,8 @@ def test_code_1_unknown_error() -> None:
 
 
 def test_code_2_is_transient() -> None:
-    body = envelope("An unexpected error has occurred. Please retry your request later.", 2, is_transient=True)
+    body = envelope("An unexpected error has occurred. Please retry your request later.", 2,
+                    is_transient=True)
     error = graph_errors.classify(500, body)
     assert type(error) is exceptions.ServerError and error.is_transient
 
@@ -240,6 +243,6 @@ def test_json_without_envelope_is_api_error() -> None:
 
 
 def test_message_is_redacted() -> None:
-    body = envelope("Bad https://graph.instagram.com/v24.0/me?access_token=IGAAsecretsecretsecretsecret1234", 100)
+    body = envelope("Bad https://graph.instagram.com/v24.0/me?access_token=IGAAsecretsecretsecret1234", 100)
     error = graph_errors.classify(400, body)
     assert "IGAAsecret" not in str(error) and "IGAAsecret" not in error.describe()

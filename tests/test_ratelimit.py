@@ -30,7 +30,7 @@ def make(clock: FakeClock | None = None, **overrides: float) -> tuple[ratelimit.
     return ratelimit.Throttle(rl, counters, clock, rand=lambda: 0.5), counters
 
 
-# -- pacing math ------------------------------------------------------------------------------------------------
+# -- pacing math ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("pct", "expected"), [
     (0.0, 1.0), (50.0, 1.0), (75.0, 1.0),
@@ -46,7 +46,7 @@ def test_pacing_fraction_monotonic() -> None:
     assert values == sorted(values, reverse=True)
 
 
-# -- header parsing ---------------------------------------------------------------------------------------------
+# -- header parsing ------------------------------------------------------------------------------------------
 
 def test_parse_app_usage() -> None:
     assert ratelimit.parse_app_usage('{"call_count":28,"total_time":25,"total_cputime":31}') == 31.0
@@ -78,7 +78,7 @@ def test_parse_buc_usage_nothing(garbage: str | None) -> None:
     assert ratelimit.parse_buc_usage(garbage) == (None, None)
 
 
-# -- observe / pause with a fake clock -----------------------------------------------------------------------------
+# -- observe / pause with a fake clock -----------------------------------------------------------------------
 
 def test_observe_app_usage_slows_the_host_only() -> None:
     throttle, _ = make(FakeClock())
@@ -152,7 +152,7 @@ def test_paused_scopes_gauge_counts_at_scrape_time() -> None:
     assert 'ig_collector_paused_scopes{scope="app"} 0.0' in text
 
 
-# -- real-clock behaviour --------------------------------------------------------------------------------------------
+# -- real-clock behaviour ------------------------------------------------------------------------------------
 
 async def test_paused_account_waits_others_go() -> None:
     throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)

@@ -24,7 +24,7 @@ def _clean_registry() -> Iterator[None]:
     f"GET /v24.0/oauth/access_token?client_secret=abcdef0123456789&fb_exchange_token={FB}",
     f"debug_token?input_token={FB}&access_token=123|abc",
     f'{{"access_token": "{IG}", "token_type": "bearer"}}',
-    f"{{'client_secret': 'abcdef0123456789'}}",
+    "{'client_secret': 'abcdef0123456789'}",
     f"https%3A%2F%2Fgraph.instagram.com%2Fme%3Faccess_token%3D{IG}",
     f"Authorization: Bearer {IG}",
     f"token {FB} was rejected",
