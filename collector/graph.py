@@ -165,11 +165,15 @@ class GraphClient:
         transient_failures = 0
         throttle_failures = 0
         while True:
+            if self._state is not _State.OPENED:  # closed while this call waited to (re)try
+                raise RuntimeError(f"GraphClient is {self._state.value}; the call was abandoned")
             async with self._throttle.slot(host, account_id):
                 error, body = await self._send(url, query, host=host, account_id=account_id,
                                                endpoint=endpoint, versioned=versioned, requested=requested)
             if error is None:
                 return body
+            if self._state is not _State.OPENED:  # closed during the call: no retry
+                raise error
             if isinstance(error, exceptions.Throttled):
                 throttle_failures += 1
                 self._metrics.throttles.labels(scope=error.scope, code=str(error.code)).inc()

@@ -18,6 +18,10 @@ import structlog.testing
 from aiohttp import web
 
 from collector import exceptions, graph, metrics, models, ratelimit, redaction, retry, settings
+from collector.simulator import faults as faults_mod
+from collector.simulator import limits
+from collector.simulator import world as world_mod
+from tests.fixtures_sim import StartSimulator
 
 TOKEN_A = "tok-A-0123456789abcdef"
 TOKEN_B = "tok-B-0123456789abcdef"
@@ -137,7 +141,7 @@ class Rig:
 
 def make_rig(server: FakeGraph, base: str, *, max_attempts: int = 3, base_delay_s: float = 0.05,
              throttle_base_delay_s: float = 0.1, pause_cap_s: float = 0.3, timeout_s: float = 2.0,
-             max_concurrency: int = 50, account_calls_per_s: float = 0.0) -> Rig:
+             max_concurrency: int = 50, account_calls_per_s: float = 0.0, fb_prefix: str = "/fb") -> Rig:
     counters = metrics.Metrics()
     rl = settings.RateLimitSettings(app_calls_per_s=0.0, account_calls_per_s=account_calls_per_s,
                                     pause_cap_s=pause_cap_s)
@@ -145,8 +149,9 @@ def make_rig(server: FakeGraph, base: str, *, max_attempts: int = 3, base_delay_
     rs = settings.RetrySettings(max_attempts=max_attempts, base_delay_s=base_delay_s, max_delay_s=5.0,
                                 throttle_base_delay_s=throttle_base_delay_s, throttle_max_attempts=4)
     policy = retry.RetryPolicy(rs, pause_cap_s=pause_cap_s)
-    gs = settings.GraphSettings(api_version="v24.0", instagram_base_url=base, facebook_base_url=f"{base}/fb",
-                                request_timeout_s=timeout_s, max_concurrency=max_concurrency)
+    gs = settings.GraphSettings(api_version="v24.0", instagram_base_url=base,
+                                facebook_base_url=base + fb_prefix, request_timeout_s=timeout_s,
+                                max_concurrency=max_concurrency)
     # rand = 1.0: every backoff is its ceiling, so the test knows the exact minimum gap
     client = graph.GraphClient(gs, throttle, policy, counters, rand=lambda: 1.0)
     return Rig(client, throttle, counters, server)
@@ -450,3 +455,77 @@ async def test_registered_tokens_masked_in_any_later_text(fake: tuple[FakeGraph,
     async with rig.client as client:
         await client.get(ACCOUNT_B, "1002", endpoint="profile")
     assert redaction.redact(f"oops {TOKEN_B} leaked") == "oops *** leaked"
+
+
+# -- against the simulator (tests/fixtures_sim.py) -----------------------------------------------------------
+
+def sim_account(acc: world_mod.SimAccount) -> models.Account:
+    return models.Account(acc.ig_user_id, acc.login, models.Secret(acc.access_token), "sim")
+
+
+async def test_sim_media_walk_through_empty_page(start_simulator: StartSimulator) -> None:
+    sim = await start_simulator(accounts=2, media_per_account=57, seed=5,
+                                world_knobs={"empty_page_fraction": 1.0, "invalid_token_fraction": 0.0})
+    rig = make_rig(FakeGraph(), sim.base_url, fb_prefix="")
+    async with rig.client as client:
+        for acc in sim.accounts():
+            ids: list[str] = []
+            pages = 0
+            async for page in client.pages(sim_account(acc), f"{acc.ig_user_id}/media",
+                                           {"fields": "id,timestamp", "limit": "10"}, endpoint="media"):
+                pages += 1
+                ids += [item["id"] for item in page]
+            assert sorted(ids) == sorted(m.media_id for m in sim.world.media_of(acc.ig_user_id))
+            assert len(set(ids)) == len(ids) == 57
+            assert pages >= 7  # 6 full pages, the last, and the injected empty page
+
+
+async def test_sim_tight_budget_no_call_while_blocked(start_simulator: StartSimulator) -> None:
+    # 8 calls per rolling second, then a 0.4 s block; Meta's regain estimate (rounded up to 1 minute) is
+    # capped at 0.5 s, so every pause outlasts the block.
+    sim = await start_simulator(accounts=2, media_per_account=1, seed=7,
+                                world_knobs={"invalid_token_fraction": 0.0},
+                                account_budget=limits.Budget(calls=8, window_s=1.0, block_s=0.4))
+    rig = make_rig(FakeGraph(), sim.base_url, fb_prefix="", pause_cap_s=0.5, account_calls_per_s=20.0)
+    accounts = [sim_account(a) for a in sim.accounts()]
+    with structlog.testing.capture_logs() as logs:
+        async with rig.client as client:
+            bodies = await asyncio.gather(*(client.get(acc, acc.ig_user_id, {"fields": "id,username"},
+                                                       endpoint="profile")
+                                            for acc in accounts for _ in range(14)))
+    assert len(bodies) == 28 and all(b["id"] in {a.ig_user_id for a in accounts} for b in bodies)
+    assert sum(sim.stats.throttled.values()) >= 1  # the budget really was hit ...
+    assert sum(sim.stats.while_blocked.values()) == 0  # ... and nothing arrived during a block
+    for acc in sim.accounts():
+        assert acc.access_token not in repr(logs)
+
+
+async def test_sim_injected_faults_all_recovered(start_simulator: StartSimulator) -> None:
+    rates = faults_mod.FaultRates(http_5xx=0.08, code1=0.08, code2=0.08, drop=0.04, truncate=0.08)
+    sim = await start_simulator(accounts=4, media_per_account=3, seed=11, faults=rates,
+                                world_knobs={"invalid_token_fraction": 0.0})
+    rig = make_rig(FakeGraph(), sim.base_url, fb_prefix="", max_attempts=8, base_delay_s=0.005)
+    accounts = [sim_account(a) for a in sim.accounts()]
+    with structlog.testing.capture_logs() as logs:
+        async with rig.client as client:
+            bodies = await asyncio.gather(*(client.get(acc, acc.ig_user_id, {"fields": "id,username"},
+                                                       endpoint="profile")
+                                            for acc in accounts for _ in range(25)))
+    assert len(bodies) == 100
+    assert sum(sim.stats.faults.values()) > 0
+    assert rig.metrics.total(rig.metrics.graph_retries) >= sum(sim.stats.faults.values()) - \
+        sim.stats.faults.get("drop", 0)  # aiohttp itself re-sends some dropped GETs
+    for acc in sim.accounts():
+        assert acc.access_token not in repr(logs)
+
+
+async def test_sim_invalid_token_is_token_invalid(start_simulator: StartSimulator) -> None:
+    sim = await start_simulator(accounts=3, media_per_account=1, seed=3,
+                                world_knobs={"invalid_token_fraction": 1.0})
+    rig = make_rig(FakeGraph(), sim.base_url, fb_prefix="")
+    async with rig.client as client:
+        for acc in sim.accounts():
+            with pytest.raises(exceptions.TokenInvalid) as caught:
+                await client.get(sim_account(acc), acc.ig_user_id, {"fields": "id"}, endpoint="profile")
+            assert caught.value.code == 190 and caught.value.subcode == acc.token_error
+            assert acc.access_token not in exception_text(caught.value)
