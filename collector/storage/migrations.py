@@ -1,0 +1,118 @@
+"""Schema migrations: the numbered `sql/NNN_name.sql` files (package `collector.sql`), applied in order.
+
+Each file runs in its own transaction under a session advisory lock, so a `once` and a `run` started
+together never apply the same file twice: the second waits, then finds nothing left to do. Applied files
+are recorded with a checksum; editing an applied file, or running old code against a newer database, is
+refused instead of guessed at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import re
+from typing import NamedTuple
+
+import asyncpg
+import asyncpg.pool
+import structlog
+
+from collector import exceptions
+
+# Any fixed 64-bit key shared by every collector process ("igc-migr" in ASCII).
+_LOCK_KEY = 0x6967632D6D696772
+
+_FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+_BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS collector_schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE collector_schema_migrations IS
+    'Applied sql/NNN_name.sql files (version = NNN); checksum is the sha256 of the file as applied.';
+"""
+
+_log = structlog.get_logger(__name__)
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: str
+    checksum: str
+
+
+def available() -> list[Migration]:
+    """The migrations shipped with the code, in version order."""
+    found: list[Migration] = []
+    for entry in importlib.resources.files("collector.sql").iterdir():
+        match = _FILE_RE.match(entry.name)
+        if match is None:
+            continue
+        sql = entry.read_text(encoding="utf-8")
+        checksum = hashlib.sha256(sql.encode()).hexdigest()
+        found.append(Migration(int(match[1]), match[2], sql, checksum))
+    found.sort()
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise exceptions.StorageError(f"duplicate migration versions in collector.sql: {versions}")
+    return found
+
+
+# A plain connection or one borrowed from a pool.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+
+async def migrate(conn: Connection) -> list[str]:
+    """Apply the pending migrations; return the names applied (`"001_init"`), empty when up to date.
+
+    Raises StorageError when an applied file changed, the database is newer than this code, or a
+    migration fails (that migration is rolled back; earlier ones stay applied).
+    """
+    migrations = available()
+    try:
+        # A session lock (not a transaction one) so it spans the per-file transactions.
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        try:
+            return await _apply(conn, migrations)
+        finally:
+            if not conn.is_closed():
+                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise exceptions.StorageError(f"database migration failed: {exc}") from exc
+
+
+async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
+    await conn.execute(_BOOTSTRAP)
+    rows = await conn.fetch(
+        "SELECT version, name, checksum FROM collector_schema_migrations ORDER BY version")
+    applied = {r["version"]: r for r in rows}
+    known = {m.version: m for m in migrations}
+    for version, row in applied.items():
+        if version not in known:
+            raise exceptions.StorageError(
+                f"the database has migration {version:03d}_{row['name']}, which this version of the "
+                "collector does not know; upgrade the collector")
+        if known[version].checksum != row["checksum"]:
+            raise exceptions.StorageError(
+                f"migration {version:03d}_{row['name']} changed after it was applied (checksum mismatch); "
+                "migrations are append-only: restore the file and add a new one")
+    done: list[str] = []
+    for m in migrations:
+        if m.version in applied:
+            continue
+        label = f"{m.version:03d}_{m.name}"
+        try:
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO collector_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    m.version, m.name, m.checksum)
+        except asyncpg.PostgresError as exc:
+            raise exceptions.StorageError(f"migration {label} failed: {exc}") from exc
+        _log.info("migration_applied", version=m.version, name=m.name)
+        done.append(label)
+    return done
