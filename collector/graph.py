@@ -33,6 +33,7 @@ ENDPOINT_KINDS = ("profile", "media", "stories", "media_insights", "account_insi
 _log = structlog.get_logger("collector.graph")
 _VERSION_HEADER = "facebook-api-version"
 _USER_AGENT = "ig-insights-collector/0.1"
+_SECRET_PARAMS = ("client_secret", "fb_exchange_token", "input_token")  # token-endpoint params to mask
 
 
 class _State(enum.Enum):
@@ -110,6 +111,10 @@ class GraphClient:
         versioned=False)`. Token endpoints are all GETs, so there is no `post`. Secrets in `params`
         (`client_secret`, `fb_exchange_token`, `input_token`) are redacted by name in every message.
         """
+        for name in _SECRET_PARAMS:
+            value = (params or {}).get(name)
+            if value:
+                redaction.register_secret(value)
         return await self._call(login=login, token=token, account_id=None, path=path, params=params,
                                 endpoint=endpoint, versioned=versioned)
 
