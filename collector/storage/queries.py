@@ -28,6 +28,13 @@ async def media_refresh_state(pool: asyncpg.Pool, ig_user_id: int) -> dict[int, 
     return {row["media_id"]: row["insights_refreshed_at"] for row in rows}
 
 
+async def followers_count(pool: asyncpg.Pool, ig_user_id: int) -> int | None:
+    """The account's stored followers_count (None when unknown): tells "fewer than 100 followers" apart
+    from other reasons Meta leaves follower metrics out."""
+    rows = await _fetch(pool, "SELECT followers_count FROM ig_account WHERE ig_user_id = $1", ig_user_id)
+    return rows[0]["followers_count"] if rows else None
+
+
 async def job_states(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """Every collector_job_state row (ig_user_id, job, last_success_at, last_attempt_at, last_error,
     consecutive_failures), ordered by account and job."""
