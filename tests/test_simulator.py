@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -466,3 +467,28 @@ async def test_stats_and_reset(http: aiohttp.ClientSession, simulator: RunningSi
         assert resp.status == 200
     assert simulator.stats.calls == 0
 
+
+
+async def test_latency_slow_fault_and_shape_knobs(http: aiohttp.ClientSession,
+                                                  start_simulator: StartSimulator) -> None:
+    slow = faults.FaultRates(slow=1.0, slow_delay_s=0.05)
+    sim = await start_simulator(latency_ms=30, latency_jitter=0.0, faults=slow,
+                                world_knobs={"omit_media_product_type_on_instagram": True,
+                                             "demographics_timeframe_key": True,
+                                             "invalid_token_fraction": 0.0, "low_follower_fraction": 0.0})
+    ig = first(sim, lambda a: a.login == "instagram")
+    fb = first(sim, lambda a: a.login == "facebook")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    status, body, _ = await get(http, sim, f"/{ig.ig_user_id}/media", ig, fields="id,media_product_type")
+    assert loop.time() - started >= 0.075 and status == 200
+    assert all("media_product_type" not in item for item in body["data"])
+    _, body, _ = await get(http, sim, f"/{fb.ig_user_id}/media", fb, fields="id,media_product_type")
+    assert all("media_product_type" in item for item in body["data"])
+    _, body, _ = await get(http, sim, f"/{fb.ig_user_id}/insights", fb,
+                           metric="engaged_audience_demographics", period="lifetime",
+                           metric_type="total_value", timeframe="this_week", breakdown="gender")
+    breakdown = body["data"][0]["total_value"]["breakdowns"][0]
+    assert breakdown["dimension_keys"] == ["timeframe", "gender"]
+    assert {r["dimension_values"][0] for r in breakdown["results"]} == {"THIS_WEEK"}
+    assert sim.stats.faults["slow"] == 3

@@ -114,7 +114,15 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(serve(args))
+    try:
+        import uvloop  # noqa: PLC0415 -- optional: the simulator must also run where uvloop is missing
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is installed on Linux/macOS
+        loop_factory = None
+    # uvloop roughly halves the server's CPU per request, so benchmarks measure the client, not us.
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import struct
 import time
 import zoneinfo
 from collections.abc import Callable, Iterator
@@ -58,6 +59,7 @@ STORY_LIFETIME_S = 86400
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
 _PHI = 0.6180339887498949
 _TOKEN_SUBCODES = (460, 463, 467)
+_SIXTEEN_U16 = struct.Struct(">16H")
 
 AGES = ("13-17", "18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 GENDERS = ("F", "M", "U")
@@ -224,6 +226,8 @@ class World:
         self._offsets: dict[str, float] = {}
         self.account = functools.lru_cache(maxsize=65536)(self._build_account)
         self._media_list = functools.lru_cache(maxsize=4096)(self._build_media_list)
+        self._media_item = functools.lru_cache(maxsize=262144)(self._build_media)
+        self.parse_token = functools.lru_cache(maxsize=65536)(self._parse_token)
         self._media_values = functools.lru_cache(maxsize=65536)(self._build_media_values)
         self._day_values = functools.lru_cache(maxsize=65536)(self._build_day_values)
 
@@ -235,12 +239,11 @@ class World:
 
     def _u(self, *parts: object) -> float:
         """A uniform in [0, 1) from the parts."""
-        return int.from_bytes(self._digest(*parts)[:8], "big") / 2.0**64
+        return int.from_bytes(self._digest(*parts)[:8], "big") / 18446744073709551616.0  # 2**64
 
     def _us(self, *parts: object) -> list[float]:
         """16 uniforms in [0, 1) from one hash."""
-        d = self._digest(*parts)
-        return [int.from_bytes(d[i:i + 2], "big") / 65536.0 for i in range(0, 32, 2)]
+        return [x / 65536.0 for x in _SIXTEEN_U16.unpack(self._digest(*parts))]
 
     def _selected(self, feature: str, index: int, fraction: float) -> bool:
         """Low-discrepancy selection: any prefix of N accounts has ~fraction x N selected."""
@@ -294,7 +297,7 @@ class World:
         mac = self._digest("token", index, login, issued_at)[:10].hex()
         return f"{TOKEN_PREFIX[login]}{index:07d}{issued_at:010d}{mac}"
 
-    def parse_token(self, token: str) -> TokenInfo | None:
+    def _parse_token(self, token: str) -> TokenInfo | None:
         """The account and issue time a token stands for, or None if it is not one of ours."""
         login: Login
         if token.startswith("IGAA"):
@@ -320,9 +323,10 @@ class World:
 
     def _build_media_list(self, ig_user_id: str) -> list[SimMedia]:
         account = self.account(ig_user_id)
-        return [self._build_media(account, seq) for seq in range(account.real_media_count)]
+        return [self._media_item(account.index, seq) for seq in range(account.real_media_count)]
 
-    def _build_media(self, account: SimAccount, seq: int) -> SimMedia:
+    def _build_media(self, index: int, seq: int) -> SimMedia:
+        account = self.account(str(ACCOUNT_ID_BASE + index))
         k = self.knobs
         u = self._us("media", account.index, seq)
         n = max(1, account.real_media_count)
@@ -384,7 +388,7 @@ class World:
             raise KeyError(media_id)
         account = self.account(str(ACCOUNT_ID_BASE + index))
         if media_id.startswith(MEDIA_PREFIX) and number < account.real_media_count:
-            return self._media_list(account.ig_user_id)[number]
+            return self._media_item(index, number)
         if media_id.startswith(STORY_PREFIX):
             # The slot's high digits are implied by the current time (ids hold slot mod 10^7).
             now_slot = int(self.clock() // self.knobs.story_slot_s)
