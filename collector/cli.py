@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import inspect
 import os
 import signal
 import sys
@@ -173,34 +171,136 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _load(args)  # validate first: a bad config exits 2 before anything starts
-    daemon = importlib.import_module("collector.daemon")
-    return int(daemon.run(args.config, args))
+    from collector import daemon  # noqa: PLC0415  # lazy: see module docstring
+
+    return daemon.run(args.config, args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    status = importlib.import_module("collector.status")
-    result = status.main(cfg)
-    if inspect.isawaitable(result):
-        awaitable = result
+    from collector import status  # noqa: PLC0415
 
-        async def main(signals: Signals) -> int:
-            return int(await awaitable)
+    async def main(signals: Signals) -> int:
+        return await status.main(cfg)
 
-        return run_async(main, use_uvloop=not args.no_uvloop)
-    return int(result)
+    return run_async(main, use_uvloop=not args.no_uvloop)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure(level=args.log_level or "info", json=args.log_json)
-    simulator_cli = importlib.import_module("collector.simulator.cli")
-    return int(simulator_cli.run(args))
+    from collector.simulator import cli as simulator_cli  # noqa: PLC0415
+
+    return simulator_cli.run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # Quiet by default: the progress line and the report are the show; warnings still come through.
     logs.configure(level=args.log_level or "warning", json=args.log_json)
-    demo = importlib.import_module("collector.demo")
-    return int(demo.run(args))
+    return run_async(lambda signals: _demo(args, signals), use_uvloop=not args.no_uvloop)
+
+
+async def _demo(args: argparse.Namespace, signals: Signals) -> int:
+    from aiohttp import web  # noqa: PLC0415  # lazy: see module docstring
+
+    from collector import collect  # noqa: PLC0415
+    from collector.simulator import api, server  # noqa: PLC0415
+    from collector.simulator import world as sim_world  # noqa: PLC0415
+    from collector.storage import db  # noqa: PLC0415
+
+    state_dir = args.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    world = sim_world.World(args.seed, args.accounts, args.media)
+    runner = web.AppRunner(server.make_app(world, api.Options(latency_ms=args.latency_ms)), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        cfg = config.load(_write_demo_config(state_dir, base_url, world))
+        print(f"simulator: {args.accounts} accounts x {args.media} media on {base_url} "
+              f"(latency {args.latency_ms:g} ms)\ndatabase: {config.database_target(cfg)}\n"
+              f"config: {cfg.source}", flush=True)
+        async with await db.open_database(cfg.database, state_dir=cfg.state_dir) as database:
+            await _migrate(database)
+            display = progress.ProgressDisplay(log_interval_s=5.0)
+            try:
+                summary = await collect.run_pass(cfg, database.pool, stop=signals.stop,
+                                                 metrics=metrics.Metrics(), on_progress=display)
+            finally:
+                display.close()
+            await _print_demo_report(database.pool, summary)
+    finally:
+        await runner.cleanup()
+    return EXIT_OK
+
+
+def _write_demo_config(state_dir: Path, base_url: str, world: Any) -> Path:
+    with (state_dir / "accounts.csv").open("w", encoding="utf-8") as f:
+        f.write("ig_user_id,login,access_token\n")
+        f.writelines(f"{a.ig_user_id},{a.login},{a.access_token}\n" for a in world.accounts())
+    path = state_dir / "config.toml"
+    path.write_text(f"""# Written by `ig-collector demo`: the local simulator stands in for Meta's Graph API.
+accounts_file = "accounts.csv"
+state_dir = "."
+
+[graph]
+instagram_base_url = "{base_url}"
+facebook_base_url = "{base_url}"
+
+[rate_limit]
+# The simulator has no budgets; Meta's per-account pace (5/s) would only make the demo slow.
+account_calls_per_s = 50.0
+account_burst = 10
+""", encoding="utf-8")
+    return path
+
+
+# Read-only presentation queries of the demo report (the collector's own queries live in storage).
+_DEMO_STATUS_SQL = "SELECT status, count(*) AS accounts FROM ig_account GROUP BY status ORDER BY status"
+_DEMO_ACCOUNTS_SQL = """SELECT ig_user_id, username, login, followers_count, media_count, status
+FROM ig_account ORDER BY ig_user_id LIMIT 5"""
+_DEMO_MEDIA_INSIGHTS_SQL = """SELECT i.media_id, m.media_product_type, i.metric, i.breakdown, i.dimension,
+    i.value
+FROM ig_media_insight i JOIN ig_media m USING (media_id)
+WHERE i.media_id = (SELECT media_id FROM ig_media_insight ORDER BY media_id LIMIT 1)
+ORDER BY i.metric, i.breakdown, i.dimension LIMIT 12"""
+_DEMO_ACCOUNT_INSIGHTS_SQL = """SELECT ig_user_id, metric, period, end_time, breakdown, dimension, value
+FROM ig_account_insight WHERE period = 'day' ORDER BY ig_user_id, end_time DESC, metric LIMIT 8"""
+_DEMO_UNAVAILABLE_SQL = "SELECT reason, count(*) AS n FROM ig_unavailable GROUP BY reason ORDER BY n DESC"
+
+
+async def _print_demo_report(pool: Any, summary: Any) -> None:
+    from collector.storage import queries  # noqa: PLC0415
+
+    counts: dict[str, int] = await queries.table_counts(pool)
+    sections: list[tuple[str, list[str], list[tuple[object, ...]]]] = [
+        # rows_written is the next section, from the database itself.
+        ("pass", ["key", "value"], [(k, _flat(v)) for k, v in summary.as_dict().items()
+                                    if k != "rows_written"]),
+        ("rows stored", ["table", "rows"], list(counts.items())),
+    ]
+    async with pool.acquire() as conn:
+        for title, sql in (("accounts by status", _DEMO_STATUS_SQL), ("sample accounts", _DEMO_ACCOUNTS_SQL),
+                           ("sample media insights", _DEMO_MEDIA_INSIGHTS_SQL),
+                           ("sample daily account insights", _DEMO_ACCOUNT_INSIGHTS_SQL),
+                           ("unavailable data by reason", _DEMO_UNAVAILABLE_SQL)):
+            records = await conn.fetch(sql)
+            headers = list(records[0].keys()) if records else ["(none)"]
+            sections.append((title, headers, [tuple(r.values()) for r in records]))
+    out = [f"\n{title}\n{_table(headers, rows)}" for title, headers, rows in sections]
+    print(logs.redact("\n".join(out)), flush=True)
+
+
+def _flat(value: object) -> object:
+    return ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else value
+
+
+def _table(headers: list[str], rows: list[tuple[object, ...]]) -> str:
+    cells = [headers, *[["" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join("  " + line for line in lines)
 
 
 def _print_summary(summary: Any) -> None:
@@ -297,7 +397,7 @@ def _add_simulator_arguments(p: argparse.ArgumentParser, *, load: bool) -> None:
     if not load:
         return
     try:
-        simulator_cli = importlib.import_module("collector.simulator.cli")
+        from collector.simulator import cli as simulator_cli  # noqa: PLC0415
     except ImportError:
         # Let the handler raise the real import error as an internal error instead of argparse
         # complaining about arguments it cannot know.

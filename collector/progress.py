@@ -88,7 +88,9 @@ class ProgressDisplay:
             self._stream.flush()
             self._width = len(line)
         else:
-            log.info("pass_progress", **dataclasses.asdict(p), calls_per_s=round(p.calls_per_s, 1))
+            fields = dataclasses.asdict(p)
+            fields.update(elapsed_s=round(p.elapsed_s, 3), calls_per_s=round(p.calls_per_s, 1))
+            log.info("pass_progress", **fields)
 
 
 def _isatty(stream: TextIO) -> bool:
