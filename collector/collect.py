@@ -1,0 +1,710 @@
+"""Collection: one job for one account, Graph API → rows → writer; and a whole pass over every account.
+
+Each job turns Meta's answers into the row types of `models` and hands them to the writer; nothing here
+touches SQL except the two small reads of state (followers count, media refresh times). Data Meta does not
+give is recorded in `ig_unavailable` with its reason, never stored as 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+
+from collector import (
+    catalogue,
+    exceptions,
+    graph,
+    metrics,
+    models,
+    pacific,
+    parsing,
+    progress,
+    ratelimit,
+    retry,
+    settings,
+)
+from collector.storage import queries
+from collector.storage import writer as storage_writer
+
+log = structlog.get_logger("collector.collect")
+
+T = TypeVar("T")
+MediaDue = Callable[[datetime | None, datetime | None, datetime], bool]
+
+PROFILE_FIELDS = "id,username,followers_count,media_count"
+MEDIA_FIELDS = "id,media_type,media_product_type,timestamp,permalink,like_count,comments_count"
+STORY_FIELDS = "id,media_type,media_product_type,timestamp,permalink"
+PAGE_LIMIT = "100"
+STORY_LIFETIME = timedelta(hours=24)
+# Jobs of one pass, in order: the profile first (a bad token stops the account there; followers_count tells
+# why follower metrics are missing).
+PASS_JOBS = (models.Job.PROFILE, models.Job.MEDIA, models.Job.STORIES, models.Job.ACCOUNT_INSIGHTS,
+             models.Job.DEMOGRAPHICS)
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    status: str  # "ok", "failed" (transient, gave up), or an account status reason (token_invalid, ...)
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def account_level(self) -> bool:
+        """The account cannot be collected at all (bad token, permissions, gone): skip its other jobs."""
+        return self.status in ACCOUNT_STATUSES
+
+
+# Account-level failures, as recorded in ig_account.status.
+ACCOUNT_STATUSES = frozenset({"token_invalid", "token_expired", "permission_denied", "not_found"})
+
+
+@dataclass(slots=True)
+class _Job:
+    """What one run of a job needs to carry: the account, the clock, and the items that failed."""
+
+    account: models.Account
+    now: datetime
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def user_id(self) -> int:
+        return int(self.account.ig_user_id)
+
+
+@dataclass(slots=True)
+class _Absences:
+    """Data Meta did not give for one object during one job, to be recorded in ig_unavailable."""
+
+    object_type: str
+    object_id: int
+    seen_at: datetime
+    counters: metrics.Metrics
+    rows: list[models.UnavailableRow] = field(default_factory=list)
+
+    def add(self, metric: str, reason: str, detail: str | None, scope: str = "") -> None:
+        self.rows.append(models.UnavailableRow(self.object_type, self.object_id, metric, scope, reason,
+                                               detail, self.seen_at))
+        self.counters.unavailable.labels(reason).inc()
+
+    def has(self, metric: str) -> bool:
+        return any(row.metric == metric for row in self.rows)
+
+
+def account_failure_status(error: exceptions.GraphError) -> str | None:
+    """The ig_account.status an error means for the whole account, or None when it is not account-level."""
+    if isinstance(error, exceptions.TokenInvalid):
+        return "token_expired" if error.subcode == 463 else "token_invalid"
+    if isinstance(error, exceptions.PermissionDenied):
+        return "permission_denied"
+    return None
+
+
+class Collector:
+    """Runs jobs for accounts. One per process; safe to use from many tasks at once."""
+
+    def __init__(self, config: settings.Config, client: graph.GraphClient, writer: storage_writer.Writer,
+                 pool: asyncpg.Pool, metrics: metrics.Metrics, *, stop: asyncio.Event | None = None) -> None:
+        self._config = config
+        self._collect = config.collect
+        self._client = client
+        self._writer = writer
+        self._pool = pool
+        self._metrics = metrics
+        self._stop = stop or asyncio.Event()
+        self._catalogue = catalogue.Catalogue(config.collect.metrics)
+        self._capabilities = catalogue.Capabilities()
+        self._followers: dict[str, int | None] = {}
+        # Account metrics Meta refused to serve as total_value (incompatible metric type): asked as series.
+        self._series_only: set[str] = set()
+        # The 30-day window rule as Meta enforces it; halved when Meta says a window is too long.
+        self._window_s = pacific.MAX_WINDOW_S
+
+    # ------------------------------------------------------------------ jobs
+
+    async def run_job(self, account: models.Account, job: models.Job, now: datetime, *,
+                      media_due: MediaDue | None = None, account_days: int | None = None) -> JobOutcome:
+        """Run one job for one account, record its state, and say how it went. Never raises for Graph
+        errors: an account's trouble is recorded and reported, not propagated."""
+        run = _Job(account, now)
+        outcome: JobOutcome
+        try:
+            if job is models.Job.PROFILE:
+                await self._profile(run)
+            elif job is models.Job.MEDIA:
+                await self._media(run, media_due)
+            elif job is models.Job.STORIES:
+                await self._stories(run)
+            elif job is models.Job.ACCOUNT_INSIGHTS:
+                await self._account_insights(run, account_days or self._collect.account_backfill_days)
+            elif job is models.Job.DEMOGRAPHICS:
+                await self._demographics(run)
+            outcome = (JobOutcome("ok") if not run.failures
+                       else JobOutcome("failed", f"{len(run.failures)} items failed: {run.failures[0]}"))
+        except exceptions.ObjectNotFound as exc:
+            outcome = JobOutcome("not_found", exc.describe()) if job is models.Job.PROFILE \
+                else JobOutcome("failed", exc.describe())
+        except exceptions.GraphError as exc:
+            status = account_failure_status(exc)
+            outcome = JobOutcome(status or "failed", exc.describe())
+        if outcome.account_level:
+            await self._writer.add(models.Table.ACCOUNT, [models.AccountRow(
+                run.user_id, None, account.login, None, None, outcome.status, outcome.detail,
+                datetime.now(UTC))])
+        if outcome.ok or not self._stop.is_set():
+            await self._writer.add(models.Table.JOB_STATE, [models.JobStateRow(
+                run.user_id, job.value, outcome.ok, now, outcome.detail)])
+        self._metrics.jobs.labels(job.value, outcome.status).inc()
+        if not outcome.ok:
+            log.warning("job_failed", ig_user_id=account.ig_user_id, job=job.value, status=outcome.status,
+                        detail=outcome.detail)
+        return outcome
+
+    async def _profile(self, run: _Job) -> None:
+        body = await self._client.get(run.account, run.account.ig_user_id, {"fields": PROFILE_FIELDS},
+                                      endpoint="profile")
+        followers = parsing.int_or_none(body.get("followers_count"))
+        self._followers[run.account.ig_user_id] = followers
+        await self._writer.add(models.Table.ACCOUNT, [models.AccountRow(
+            run.user_id, parsing.str_or_none(body.get("username")), run.account.login, followers,
+            parsing.int_or_none(body.get("media_count")), "ok", None, datetime.now(UTC))])
+
+    async def _media(self, run: _Job, media_due: MediaDue | None) -> None:
+        cutoff = run.now - timedelta(days=self._collect.media_max_age_days)
+        refreshed = await queries.media_refresh_state(self._pool, run.user_id) if media_due else {}
+        async for page in self._client.pages(run.account, f"{run.account.ig_user_id}/media",
+                                             {"fields": MEDIA_FIELDS, "limit": PAGE_LIMIT}, endpoint="media"):
+            self._check_stop()
+            recent = []
+            for item in page:
+                media = parsing.media_item(item)
+                if media is None:
+                    log.warning("media_item_unreadable", ig_user_id=run.account.ig_user_id)
+                    continue
+                if media.posted_at is not None and media.posted_at < cutoff:
+                    continue
+                recent.append(media)
+            due = [m for m in recent
+                   if media_due is None or media_due(m.posted_at, refreshed.get(m.media_id), run.now)]
+            await self._insights_for(run, due, story=False)
+            not_due = [_media_row(m, run) for m in recent if m not in due]
+            if not_due:
+                await self._writer.add(models.Table.MEDIA, not_due)
+            # Media come newest first; a page that ends past the age limit ends the walk. Judging by the
+            # page's last item (not its first) keeps a pinned old post at the top from ending it early.
+            last = parsing.media_item(page[-1]) if page else None
+            if last is not None and last.posted_at is not None and last.posted_at < cutoff:
+                break
+
+    async def _stories(self, run: _Job) -> None:
+        params = {"fields": STORY_FIELDS, "limit": PAGE_LIMIT}
+        async for page in self._client.pages(run.account, f"{run.account.ig_user_id}/stories", params,
+                                             endpoint="stories"):
+            self._check_stop()
+            stories = [m for m in (parsing.media_item(item, story=True) for item in page) if m is not None]
+            await self._insights_for(run, stories, story=True)
+
+    async def _insights_for(self, run: _Job, media: Sequence[parsing.Media], *, story: bool) -> None:
+        """Fetch insights for each media (bounded per account), then store the media rows with the time
+        their insights were refreshed."""
+        async def one(item: parsing.Media) -> None:
+            if await self._media_insights(run, item):
+                await self._writer.add(models.Table.MEDIA, [_media_row(item, run, refreshed=True)])
+            else:
+                await self._writer.add(models.Table.MEDIA, [_media_row(item, run)])
+
+        await _bounded(media, one, self._collect.media_concurrency_per_account)
+
+    async def _media_insights(self, run: _Job, media: parsing.Media) -> bool:
+        """Insights of one media. True when Meta's answer is settled (values stored or recorded as
+        unavailable); False when the call failed for now (retried on the next refresh)."""
+        product = catalogue.product_type_of(media.media_product_type, media.media_type)
+        key = (run.account.login, product, media.media_type or "")
+        wanted = self._capabilities.usable(self._catalogue.media_metrics(run.account.login, product), *key)
+        absent = _Absences("media", media.media_id, run.now, self._metrics)
+        record = absent.add
+
+        for metric in self._capabilities.unsupported(*key) & set(
+                self._catalogue.media_metrics(run.account.login, product)):
+            record(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this media type")
+        try:
+            items = await self._insights_dropping_unsupported(
+                run.account, str(media.media_id), wanted, params={}, key=key, record=record,
+                endpoint="media_insights")
+        except exceptions.PreConversionMedia as exc:
+            record("*", models.UnavailableReason.PRE_CONVERSION, str(exc))
+            items = None
+        except exceptions.NotEnoughViewers as exc:
+            record("*", models.UnavailableReason.NOT_ENOUGH_VIEWERS, str(exc))
+            items = None
+        except (exceptions.ObjectNotFound, exceptions.InvalidParameter) as exc:
+            if media.posted_at is not None and run.now - media.posted_at > STORY_LIFETIME and story_like(
+                    product):
+                record("*", models.UnavailableReason.STORY_EXPIRED, str(exc))
+            else:
+                record("*", models.UnavailableReason.OBJECT_GONE, exc.describe())
+            items = None
+        except exceptions.GraphError as exc:
+            if account_failure_status(exc):
+                raise
+            run.failures.append(f"media {media.media_id}: {exc.describe()}")
+            log.warning("media_insights_failed", ig_user_id=run.account.ig_user_id, media_id=media.media_id,
+                        error=exc.describe())
+            return False
+        if items is not None:
+            values = parsing.parse_insight_items(items)
+            rows = [models.MediaInsightRow(media.media_id, v.metric, v.breakdown, v.dimension, v.value,
+                                           run.now) for v in values]
+            got = {v.metric for v in values}
+            for metric in wanted:
+                if metric not in got and not absent.has(metric):
+                    record(metric, models.UnavailableReason.NO_DATA, "no value in Meta's answer")
+            if self._collect.media_breakdowns:
+                rows.extend(await self._media_breakdowns(run, media, product, got=got, key=key,
+                                                         absent=absent))
+            if rows:
+                await self._writer.add(models.Table.MEDIA_INSIGHT, rows)
+        if absent.rows:
+            await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
+        return True
+
+    async def _media_breakdowns(self, run: _Job, media: parsing.Media, product: str, *, got: set[str],
+                                key: tuple[str, ...], absent: _Absences) -> list[models.MediaInsightRow]:
+        rows: list[models.MediaInsightRow] = []
+        for metric, breakdown in self._catalogue.media_breakdowns(product):
+            if metric not in got or breakdown in self._capabilities.unsupported(*key, metric):
+                continue
+            try:
+                body = await self._client.get(run.account, f"{media.media_id}/insights",
+                                              {"metric": metric, "breakdown": breakdown},
+                                              endpoint="media_insights")
+            except (exceptions.UnsupportedMetric, exceptions.InvalidParameter, exceptions.ServerError) as exc:
+                # "An unknown error has occurred." is how Meta refuses a breakdown (reference §3.1).
+                if isinstance(exc, exceptions.ServerError) and exc.is_transient:
+                    run.failures.append(f"media {media.media_id} {metric} by {breakdown}: {exc.describe()}")
+                    continue
+                self._capabilities.learn([breakdown], *key, metric)
+                absent.add(metric, models.UnavailableReason.UNSUPPORTED, exc.describe(), scope=breakdown)
+                continue
+            except exceptions.GraphError as exc:
+                if account_failure_status(exc):
+                    raise
+                run.failures.append(f"media {media.media_id} {metric} by {breakdown}: {exc.describe()}")
+                continue
+            rows.extend(models.MediaInsightRow(media.media_id, v.metric, v.breakdown, v.dimension, v.value,
+                                               run.now)
+                        for v in parsing.parse_insight_items(body.get("data") or ()) if v.breakdown)
+        return rows
+
+    async def _insights_dropping_unsupported(
+            self, account: models.Account, object_id: str, metrics: Sequence[str], *, params: dict[str, str],
+            key: tuple[str, ...], record: Callable[[str, str, str | None], None],
+            endpoint: str) -> list[dict[str, Any]]:
+        """One insights call for `metrics`. When Meta refuses some metrics, drop the ones it names, record
+        them as unsupported, remember that for `key`, and ask again for the rest: one bad metric never
+        loses the others. Raises when nothing is left to ask or the refusal names nothing we asked."""
+        remaining = list(metrics)
+        while remaining:
+            try:
+                body = await self._client.get(account, f"{object_id}/insights",
+                                              {**params, "metric": ",".join(remaining)}, endpoint=endpoint)
+            except exceptions.UnsupportedMetric as exc:
+                refused = set(exc.metrics) & set(remaining)
+                if exc.allowed is not None:
+                    refused |= set(remaining) - set(exc.allowed)
+                if not refused:
+                    raise
+                self._capabilities.learn(refused, *key)
+                for metric in sorted(refused):
+                    reason = (models.UnavailableReason.DEPRECATED if metric in catalogue.DEPRECATED
+                              else models.UnavailableReason.UNSUPPORTED)
+                    record(metric, reason, str(exc))
+                log.info("metrics_dropped", object_id=object_id, metrics=sorted(refused), key=list(key))
+                remaining = [m for m in remaining if m not in refused]
+                continue
+            data = body.get("data")
+            return data if isinstance(data, list) else []
+        return []
+
+    async def _account_insights(self, run: _Job, day_count: int) -> None:
+        days = pacific.complete_days(run.now, day_count)
+        followers = await self._followers_of(run.account)
+        absent = _Absences("account", run.user_id, run.now, self._metrics)
+
+        series = [m for m in self._catalogue.account_time_series()] + sorted(self._series_only)
+        for metric in series:
+            await self._account_series(run, metric, days, absent=absent, followers=followers)
+        follower_days = [d for d in days if d >= pacific.today(run.now) - timedelta(days=30)]
+        if follower_days and catalogue.FOLLOWER_COUNT not in series:
+            await self._account_series(run, catalogue.FOLLOWER_COUNT, follower_days, absent=absent,
+                                       followers=followers)
+
+        async def day_totals(day: date) -> None:
+            self._check_stop()
+            await self._account_day_totals(run, day, absent=absent, followers=followers)
+
+        await _bounded(days, day_totals, self._collect.media_concurrency_per_account)
+        if absent.rows:
+            await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
+
+    async def _account_series(self, run: _Job, metric: str, days: list[date], *, absent: _Absences,
+                              followers: int | None) -> None:
+        """A daily time series (reach, follower_count) in as few ≤ 30-day windows as Meta allows."""
+        pending = pacific.windows(days, self._window_s)
+        while pending:
+            self._check_stop()
+            window = pending.pop(0)
+            params = {"metric": metric, "period": "day", "since": str(pacific.epoch(pacific.day_start_utc(
+                window[0]))), "until": str(pacific.epoch(pacific.day_end_utc(window[-1])))}
+            if metric != catalogue.FOLLOWER_COUNT:
+                params["metric_type"] = "time_series"
+            try:
+                body = await self._client.get(run.account, f"{run.account.ig_user_id}/insights", params,
+                                              endpoint="account_insights")
+            except exceptions.RangeTooLong:
+                if len(window) == 1:
+                    raise
+                self._window_s = max(86400, self._window_s // 2)
+                pending[:0] = pacific.windows(window, self._window_s)
+                continue
+            except exceptions.UnsupportedMetric as exc:
+                absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc))
+                return
+            except exceptions.GraphError as exc:
+                if account_failure_status(exc):
+                    raise
+                run.failures.append(f"{metric} {window[0]}..{window[-1]}: {exc.describe()}")
+                continue
+            values = [v for v in parsing.parse_insight_items(body.get("data") or ())
+                      if v.end_time is not None]
+            rows = [models.AccountInsightRow(run.user_id, v.metric, "day", v.end_time, "", "", v.value,
+                                             run.now) for v in values if v.end_time is not None]
+            if rows:
+                await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
+            have = {v.end_time for v in values}
+            for day in window:
+                end = pacific.day_end_utc(day)
+                if end not in have:
+                    absent.add(metric, self._absent_reason(metric, followers), "no value in Meta's answer",
+                           scope=end.isoformat())
+
+    async def _account_day_totals(self, run: _Job, day: date, *, absent: _Absences,
+                                  followers: int | None) -> None:
+        """Every total-value metric for one Pacific day, in one call: Meta gives one total per window."""
+        end = pacific.day_end_utc(day)
+        scope = end.isoformat()
+        metrics = [m for m in self._capabilities.usable(self._catalogue.account_total_value(), "account")
+                   if m not in self._series_only]
+        params = {"period": "day", "metric_type": "total_value",
+                  "since": str(pacific.epoch(pacific.day_start_utc(day))), "until": str(pacific.epoch(end))}
+        key = ("account",)
+        while True:
+            try:
+                items = await self._insights_dropping_unsupported(
+                    run.account, run.account.ig_user_id, metrics, params=params, key=key,
+                    record=functools.partial(_scoped, absent, scope),
+                    endpoint="account_insights")
+            except exceptions.MetricTypeRequired as exc:
+                moved = set(exc.metrics) & set(metrics)
+                if exc.needs_total_value or not moved:
+                    raise
+                # "incompatible with the metric type (total_value)": ask those as a daily series instead.
+                self._series_only |= moved
+                metrics = [m for m in metrics if m not in moved]
+                continue
+            except exceptions.GraphError as exc:
+                if account_failure_status(exc):
+                    raise
+                run.failures.append(f"account totals {day}: {exc.describe()}")
+                return
+            break
+        values = [v for v in parsing.parse_insight_items(items)]
+        rows = [models.AccountInsightRow(run.user_id, v.metric, "day", end, v.breakdown, v.dimension, v.value,
+                                         run.now) for v in values]
+        if rows:
+            await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
+        got = {v.metric for v in values}
+        for metric in metrics:
+            if metric not in got and not self._capabilities.unsupported("account") & {metric}:
+                absent.add(metric, self._absent_reason(metric, followers), "no value in Meta's answer",
+                           scope=scope)
+
+    async def _demographics(self, run: _Job) -> None:
+        followers = await self._followers_of(run.account)
+        timeframe = self._collect.demographics_timeframe
+        end = pacific.day_end_utc(pacific.today(run.now))
+        rows: list[models.AccountInsightRow] = []
+        absent = _Absences("account", run.user_id, run.now, self._metrics)
+        record = absent.add
+
+        for metric in self._catalogue.demographics():
+            for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS:
+                self._check_stop()
+                scope = f"{timeframe}:{breakdown}"
+                if breakdown in self._capabilities.unsupported("demographics", metric):
+                    continue
+                try:
+                    body = await self._client.get(
+                        run.account, f"{run.account.ig_user_id}/insights",
+                        {"metric": metric, "period": "lifetime", "metric_type": "total_value",
+                         "timeframe": timeframe, "breakdown": breakdown}, endpoint="account_insights")
+                except (exceptions.UnsupportedMetric, exceptions.InvalidParameter) as exc:
+                    self._capabilities.learn([breakdown], "demographics", metric)
+                    record(metric, models.UnavailableReason.UNSUPPORTED, str(exc), scope)
+                    continue
+                except exceptions.GraphError as exc:
+                    if account_failure_status(exc):
+                        raise
+                    run.failures.append(f"{metric} by {breakdown}: {exc.describe()}")
+                    continue
+                values = [v for v in parsing.parse_insight_items(body.get("data") or ()) if v.breakdown]
+                rows.extend(models.AccountInsightRow(run.user_id, v.metric, timeframe, end, v.breakdown,
+                                                     v.dimension, v.value, run.now) for v in values)
+                if not values:
+                    record(metric, self._absent_reason(metric, followers), "empty data set", scope)
+        await self._online_followers(run, followers, rows, absent)
+        if rows:
+            await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
+        if absent.rows:
+            await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
+
+    async def _online_followers(self, run: _Job, followers: int | None, rows: list[models.AccountInsightRow],
+                                absent: _Absences) -> None:
+        """online_followers: per day an hour → followers map; stored as breakdown 'hour', dimension
+        '0'..'23'."""
+        metric = catalogue.ONLINE_FOLLOWERS
+        try:
+            body = await self._client.get(run.account, f"{run.account.ig_user_id}/insights",
+                                          {"metric": metric, "period": "lifetime"},
+                                          endpoint="account_insights")
+        except (exceptions.UnsupportedMetric, exceptions.InvalidParameter) as exc:
+            absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), "")
+            return
+        except exceptions.GraphError as exc:
+            if account_failure_status(exc):
+                raise
+            run.failures.append(f"{metric}: {exc.describe()}")
+            return
+        found = False
+        for item in body.get("data") or ():
+            for entry in item.get("values") or ():
+                hours = entry.get("value") if isinstance(entry, dict) else None
+                end_text = entry.get("end_time") if isinstance(entry, dict) else None
+                if not isinstance(hours, dict) or not isinstance(end_text, str):
+                    continue
+                end = pacific.parse_graph_time(end_text)
+                for hour, count in hours.items():
+                    value = parsing.number(count)
+                    if value is not None:
+                        found = True
+                        rows.append(models.AccountInsightRow(run.user_id, metric, "lifetime", end, "hour",
+                                                             str(hour), value, run.now))
+        if not found:
+            absent.add(metric, self._absent_reason(metric, followers), "empty data set", "")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _absent_reason(self, metric: str, followers: int | None) -> str:
+        if metric in catalogue.NEEDS_100_FOLLOWERS and followers is not None and followers < 100:
+            return models.UnavailableReason.FEW_FOLLOWERS
+        return models.UnavailableReason.NO_DATA
+
+    async def _followers_of(self, account: models.Account) -> int | None:
+        if account.ig_user_id not in self._followers:
+            self._followers[account.ig_user_id] = await queries.followers_count(self._pool,
+                                                                               int(account.ig_user_id))
+        return self._followers[account.ig_user_id]
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise exceptions.ShutdownRequested()
+
+
+def _scoped(absent: _Absences, scope: str, metric: str, reason: str, detail: str | None) -> None:
+    absent.add(metric, reason, detail, scope)
+
+
+def _media_row(media: parsing.Media, run: _Job, *, refreshed: bool = False) -> models.MediaRow:
+    return models.MediaRow(media.media_id, run.user_id, media.media_type, media.media_product_type,
+                           media.posted_at, media.permalink, media.like_count, media.comments_count,
+                           run.now, run.now if refreshed else None)
+
+
+def story_like(product: str) -> bool:
+    return product == "STORY"
+
+
+async def _bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:
+    """Run `work` for every item, at most `limit` at once; the first error cancels the rest and is raised
+    as itself (not an ExceptionGroup)."""
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def one(item: T) -> None:
+        async with gate:
+            await work(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for item in items:
+                group.create_task(one(item))
+    except BaseExceptionGroup as errors:
+        first = errors.exceptions[0]
+        for error in errors.exceptions:  # an account-level Graph error outranks whatever else failed
+            if isinstance(error, exceptions.GraphError) and account_failure_status(error):
+                first = error
+                break
+        raise first from None
+
+
+# ---------------------------------------------------------------------- the pass
+
+
+@dataclass(slots=True)
+class PassSummary:
+    accounts_total: int = 0
+    accounts_ok: int = 0
+    accounts_failed: dict[str, str] = field(default_factory=dict)  # ig_user_id -> status
+    jobs_failed: int = 0
+    interrupted: bool = False
+    wall_s: float = 0.0
+    calls: int = 0
+    throttles: int = 0
+    retries: int = 0
+    unavailable: int = 0
+    rows_written: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 1
+        return 1 if self.accounts_failed else 0
+
+    def read_counters(self, counters: metrics.Metrics) -> None:
+        self.calls = int(counters.total(counters.graph_calls))
+        self.throttles = int(counters.total(counters.throttles))
+        self.retries = int(counters.total(counters.graph_retries))
+        self.unavailable = int(counters.total(counters.unavailable))
+        jobs_ok = counters.total(counters.jobs, outcome="ok")
+        self.jobs_failed = int(counters.total(counters.jobs) - jobs_ok)
+        self.rows_written = {table.value: int(counters.total(counters.rows_written, table=table.value))
+                             for table in models.Table}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accounts_total": self.accounts_total, "accounts_ok": self.accounts_ok,
+            "accounts_failed": len(self.accounts_failed),
+            "failed_by_status": _count_values(self.accounts_failed), "jobs_failed": self.jobs_failed,
+            "interrupted": self.interrupted, "wall_s": round(self.wall_s, 3), "graph_calls": self.calls,
+            "calls_per_s": round(self.calls / self.wall_s, 1) if self.wall_s else 0.0,
+            "throttles": self.throttles, "retries": self.retries, "unavailable": self.unavailable,
+            "rows_written": self.rows_written,
+        }
+
+
+def _count_values(mapping: dict[str, str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in mapping.values():
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio.Event,
+                   metrics: metrics.Metrics,
+                   on_progress: Callable[[progress.PassProgress], None] | None = None,
+                   progress_interval_s: float = 1.0) -> PassSummary:
+    """Every job for every configured account, accounts concurrently. When `stop` is set, no new account
+    or job starts; what was fetched is flushed before returning."""
+    started = time.monotonic()
+    summary = PassSummary(accounts_total=len(config.accounts))
+    throttle = ratelimit.Throttle(config.rate_limit, metrics)
+    policy = retry.RetryPolicy(config.retry, pause_cap_s=config.rate_limit.pause_cap_s)
+    now = datetime.now(UTC)
+    accounts = iter(config.accounts)
+    done = 0
+
+    def snapshot() -> progress.PassProgress:
+        return progress.PassProgress(
+            accounts_total=summary.accounts_total, accounts_done=done,
+            accounts_failed=len(summary.accounts_failed),
+            calls=int(metrics.total(metrics.graph_calls)),
+            rows_written=int(metrics.total(metrics.rows_written)),
+            throttles=int(metrics.total(metrics.throttles)),
+            retries=int(metrics.total(metrics.graph_retries)),
+            elapsed_s=time.monotonic() - started)
+
+    async with graph.GraphClient(config.graph, throttle, policy, metrics) as client, \
+            storage_writer.Writer(pool, metrics=metrics) as writer:
+        collector = Collector(config, client, writer, pool, metrics, stop=stop)
+
+        async def worker() -> None:
+            nonlocal done
+            for account in accounts:
+                if stop.is_set():
+                    return
+                failed = await _collect_account(collector, account, now, stop)
+                if failed is not None:
+                    summary.accounts_failed[account.ig_user_id] = failed
+                else:
+                    summary.accounts_ok += 1
+                done += 1
+
+        async def report() -> None:
+            while on_progress is not None:
+                on_progress(snapshot())
+                await asyncio.sleep(progress_interval_s)
+
+        reporter = asyncio.create_task(report(), name="progress")
+        count = min(config.collect.max_concurrent_accounts, max(1, len(config.accounts)))
+        workers = [asyncio.create_task(worker(), name=f"account-worker-{i}") for i in range(count)]
+        stopped = asyncio.create_task(stop.wait(), name="stop-wait")
+        try:
+            while not stopped.done() and not all(w.done() for w in workers):
+                await asyncio.wait([*workers, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if stopped.done():
+                # Let in-flight jobs reach their next stop check, then abandon what is left.
+                _, late = await asyncio.wait(workers, timeout=config.schedule.shutdown_grace_s)
+                for task in late:
+                    task.cancel()
+            results = await asyncio.gather(*workers, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                    raise result
+        finally:
+            for pending in (*workers, stopped, reporter):
+                pending.cancel()
+            await asyncio.gather(*workers, stopped, reporter, return_exceptions=True)
+            await writer.flush()
+    summary.interrupted = stop.is_set() and done < summary.accounts_total
+    summary.wall_s = time.monotonic() - started
+    summary.read_counters(metrics)
+    if on_progress is not None:
+        on_progress(snapshot())
+    return summary
+
+
+async def _collect_account(collector: Collector, account: models.Account, now: datetime,
+                           stop: asyncio.Event) -> str | None:
+    """All jobs of one account in order; returns None when all succeeded, else the account's status."""
+    status: str | None = None
+    for job in PASS_JOBS:
+        if stop.is_set():
+            return status or "interrupted"
+        try:
+            outcome = await collector.run_job(account, job, now)
+        except exceptions.ShutdownRequested:
+            return "interrupted"
+        if not outcome.ok:
+            status = status or outcome.status
+            if outcome.account_level:
+                return outcome.status
+    return status
