@@ -8,7 +8,9 @@ remembers what Meta rejected, per login flow, product type and media type, and l
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from collector import models
@@ -129,6 +131,22 @@ class Capabilities:
 
     def __init__(self) -> None:
         self._unsupported: dict[tuple[str, ...], frozenset[str]] = {}
+        self._probes: dict[tuple[str, ...], asyncio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def first_call(self, *key: str) -> AsyncIterator[None]:
+        """The first call for a key goes alone; concurrent ones wait for it to finish, so a refusal is
+        learned from one call instead of from every call already in flight."""
+        probe = self._probes.get(key)
+        if probe is None:
+            probe = self._probes[key] = asyncio.Event()
+            try:
+                yield
+            finally:
+                probe.set()
+        else:
+            await probe.wait()
+            yield
 
     def unsupported(self, *key: str) -> frozenset[str]:
         return self._unsupported.get(key, frozenset())

@@ -230,6 +230,11 @@ class Collector:
         unavailable); False when the call failed for now (retried on the next refresh)."""
         product = catalogue.product_type_of(media.media_product_type, media.media_type)
         key = (run.account.login, product, media.media_type or "")
+        async with self._capabilities.first_call(*key):
+            return await self._media_insights_of_kind(run, media, product, key)
+
+    async def _media_insights_of_kind(self, run: _Job, media: parsing.Media, product: str,
+                                      key: tuple[str, str, str]) -> bool:
         wanted = self._capabilities.usable(self._catalogue.media_metrics(run.account.login, product), *key)
         absent = _Absences("media", media.media_id, run.now, self._metrics)
         record = absent.add
@@ -401,13 +406,21 @@ class Collector:
     async def _account_day_totals(self, run: _Job, day: date, *, absent: _Absences,
                                   followers: int | None) -> None:
         """Every total-value metric for one Pacific day, in one call: Meta gives one total per window."""
+        async with self._capabilities.first_call("account", run.account.login):
+            await self._account_day_totals_call(run, day, absent=absent, followers=followers)
+
+    async def _account_day_totals_call(self, run: _Job, day: date, *, absent: _Absences,
+                                       followers: int | None) -> None:
         end = pacific.day_end_utc(day)
         scope = end.isoformat()
-        metrics = [m for m in self._capabilities.usable(self._catalogue.account_total_value(), "account")
+        key = ("account", run.account.login)
+        metrics = [m for m in self._capabilities.usable(self._catalogue.account_total_value(), *key)
                    if m not in self._series_only]
+        for metric in self._capabilities.unsupported(*key) & set(self._catalogue.account_total_value()):
+            absent.add(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this login flow",
+                       scope)
         params = {"period": "day", "metric_type": "total_value",
                   "since": str(pacific.epoch(pacific.day_start_utc(day))), "until": str(pacific.epoch(end))}
-        key = ("account",)
         while True:
             try:
                 items = await self._insights_dropping_unsupported(
@@ -435,7 +448,7 @@ class Collector:
             await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
         got = {v.metric for v in values}
         for metric in metrics:
-            if metric not in got and not self._capabilities.unsupported("account") & {metric}:
+            if metric not in got and metric not in self._capabilities.unsupported(*key):
                 absent.add(metric, self._absent_reason(metric, followers), "no value in Meta's answer",
                            scope=scope)
 
