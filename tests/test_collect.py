@@ -216,8 +216,8 @@ async def test_unsupported_metric_is_dropped_remembered_and_the_rest_stored(
         reasons = await pool.fetch(
             "SELECT metric, reason FROM ig_unavailable WHERE object_id = $1", int(media.media_id))
         assert ("shares", "unsupported_for_product_type") in [tuple(r) for r in reasons]
-        stored = await pool.fetch("SELECT metric FROM ig_media_insight WHERE media_id = $1 AND breakdown = ''",
-                                  int(media.media_id))
+        stored = await pool.fetch(
+            "SELECT metric FROM ig_media_insight WHERE media_id = $1 AND breakdown = ''", int(media.media_id))
         assert {r["metric"] for r in stored} >= {"reach", "likes", "saved", "views"}
     # The refusal is learned: one call per login flow was refused, not one per image.
     refused = sim.stats.by_code[100]
