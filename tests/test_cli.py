@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
+import orjson
 import pytest
 
 from collector import cli
+from collector.storage import db
+from tests import fixtures_sim
 
 TOKEN = "tok-CLITEST-0123456789"
 REPO = Path(__file__).resolve().parent.parent
@@ -111,3 +121,121 @@ def test_once_with_unreachable_database_exits_3(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stderr
     assert "fatal_storage_error" in result.stderr
     assert "dbpass-1122334" not in result.stderr and TOKEN not in result.stderr
+
+
+# -- against a real PostgreSQL and the simulator over HTTP -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> str:
+    """A PostgreSQL server to create scratch databases on: $TEST_DATABASE_URL, else an embedded one."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        return url
+    # Not under pytest's 0700 temp tree: as root, pgserver runs PostgreSQL as its own user, which must
+    # reach the data directory. The server stops when this process exits.
+    folder = Path(tempfile.mkdtemp(prefix="ig-cli-pg-"))
+    folder.chmod(0o755)
+    return db.start_embedded(folder / "data")
+
+
+@pytest.fixture
+async def fresh_dsn(server_dsn: str) -> AsyncIterator[str]:
+    """An empty database of its own, dropped afterwards."""
+    name = f"cli_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    parts = urllib.parse.urlsplit(server_dsn)
+    yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def arun(*args: str, signal_after: str | None = None,
+               send: signal.Signals = signal.SIGTERM) -> tuple[int, str, str]:
+    """The CLI as a subprocess without blocking the event loop (the simulator runs in it). With
+    `signal_after`, `send` goes to the process 0.5 s after that log event appears on stderr."""
+    env = {k: v for k, v in os.environ.items() if k not in (cli.CONFIG_ENV, "DATABASE_URL")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector", *args, cwd=REPO, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    early = b""
+    if signal_after is not None:
+        while f'"event":"{signal_after}"'.encode() not in early:
+            line = await asyncio.wait_for(proc.stderr.readline(), timeout=30)
+            assert line, early.decode()
+            early += line
+        await asyncio.sleep(0.5)
+        proc.send_signal(send)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode is not None
+    return proc.returncode, stdout.decode(), (early + stderr).decode()
+
+
+async def count(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    finally:
+        await conn.close()
+
+
+FAST = {"collect": {"account_backfill_days": 3}, "rate_limit": {"account_calls_per_s": 100.0}}
+
+
+async def test_migrate_applies_then_has_nothing_to_do(tmp_path: Path, fresh_dsn: str,
+                                                      simulator: fixtures_sim.RunningSimulator) -> None:
+    path = fixtures_sim.write_config(tmp_path, simulator, fresh_dsn)
+    code, out, err = await arun("migrate", "-c", str(path))
+    assert code == 0, err
+    assert "applied 0 migration(s)" not in out and "001" in out
+    code, out, err = await arun("migrate", "-c", str(path))
+    assert (code, out.strip()) == (0, "applied 0 migration(s)"), err
+
+
+async def test_once_exits_0_when_every_account_is_collected(
+        tmp_path: Path, fresh_dsn: str, start_simulator: fixtures_sim.StartSimulator) -> None:
+    sim = await start_simulator(accounts=4, media_per_account=5, world_knobs={"invalid_token_fraction": 0.0})
+    path = fixtures_sim.write_config(tmp_path, sim, fresh_dsn, accounts_csv=True, sections=FAST)
+    code, out, err = await arun("once", "-c", str(path), "--log-json")
+    assert code == 0, err
+    summary = orjson.loads(out)
+    assert summary["accounts_ok"] == 4 and summary["interrupted"] is False
+    assert await count(fresh_dsn, "ig_account") == 4
+    assert all(a.access_token not in out + err for a in sim.accounts())
+
+
+async def test_once_exits_1_when_some_accounts_fail(
+        tmp_path: Path, fresh_dsn: str, start_simulator: fixtures_sim.StartSimulator) -> None:
+    sim = await start_simulator(accounts=4, media_per_account=5, world_knobs={"invalid_token_fraction": 0.5})
+    path = fixtures_sim.write_config(tmp_path, sim, fresh_dsn, sections=FAST)
+    code, out, err = await arun("once", "-c", str(path), "--log-json")
+    assert code == 1, err
+    summary = orjson.loads(out)
+    assert summary["accounts_failed"] >= 1 and summary["accounts_ok"] >= 1
+    assert all(a.access_token not in out + err for a in sim.accounts())
+
+
+@pytest.mark.parametrize(("send", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_signal_during_once_flushes_and_exits_128_plus_signal(
+        tmp_path: Path, fresh_dsn: str, start_simulator: fixtures_sim.StartSimulator,
+        send: signal.Signals, expected: int) -> None:
+    # Slow enough that the pass is still running when the signal comes.
+    sim = await start_simulator(accounts=6, media_per_account=20, latency_ms=300,
+                                world_knobs={"invalid_token_fraction": 0.0})
+    path = fixtures_sim.write_config(tmp_path, sim, fresh_dsn, sections=FAST)
+    code, out, err = await arun("once", "-c", str(path), "--log-json", signal_after="pass_progress",
+                                send=send)
+    assert code == expected, err
+    assert "stop_requested" in err
+    summary = orjson.loads(out)
+    assert summary["accounts_ok"] < 6  # stopped early
+    # What was fetched before the signal was written: every account's profile came first.
+    assert await count(fresh_dsn, "ig_account") == 6
