@@ -1,0 +1,47 @@
+"""scripts/bench.py end to end at a toy size, so its machinery (simulator process, scratch database, the
+collector child, the baseline replay, the wasted-call analysis, the scale mode) does not rot.
+
+The figures of a toy run mean nothing; the call accounting is exact at any size, so it is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
+
+
+def _bench(tmp_path: Path, *args: str) -> dict[str, object]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--dsn", DSN, "--media", "3", "--days", "3",
+         "--latency-ms", "0", "--concurrency", "8", "--log-level", "warning", "--json", str(out), *args],
+        check=False, capture_output=True, text=True, timeout=100, cwd=ROOT)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: a toy run misses the ratio targets
+    return dict(json.loads(out.read_text()))
+
+
+def test_report_counts_every_call_and_wastes_none(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "--accounts", "4")
+    collector, calls = result["collector"], result["calls"]
+    assert isinstance(collector, dict) and isinstance(calls, dict)
+    assert collector["graph_calls"] == calls["requests"] == result["simulator"]["calls"]  # type: ignore[index]
+    assert result["baseline"]["calls"] == calls["requests"]  # type: ignore[index]
+    assert collector["data_points"] > 0 and collector["peak_rss_mb"] > 0
+    assert calls["repeated_requests"] == 0
+    assert calls["trailing_empty_pages"] == 0
+    assert calls["accounts_off_minimum"] == 0
+    assert calls["accounts_with_insights"] == collector["accounts_ok"]
+    assert "media_object" not in result["simulator"]["by_kind"]  # type: ignore[index]
+
+
+def test_scale_mode_reports_rss_per_size(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "--scale", "2,3")
+    rows = result["scale"]
+    assert isinstance(rows, list) and [row["accounts"] for row in rows] == [2, 3]
+    assert all(row["peak_rss_mb"] > 0 and row["graph_calls"] > 0 for row in rows)
