@@ -108,7 +108,7 @@ def start_embedded(data_dir: Path) -> str:
     try:
         data_dir = data_dir.expanduser().resolve()
         data_dir.parent.mkdir(parents=True, exist_ok=True)
-        server = _pgserver().get_server(data_dir, cleanup_mode="stop")
+        server = load_pgserver().get_server(data_dir, cleanup_mode="stop")
         if EMBEDDED_DATABASE not in server.psql("SELECT datname FROM pg_database;"):
             server.psql(f"CREATE DATABASE {EMBEDDED_DATABASE};")
         return str(server.get_uri(EMBEDDED_DATABASE))
@@ -116,7 +116,7 @@ def start_embedded(data_dir: Path) -> str:
         raise exceptions.StorageError(f"cannot start the embedded PostgreSQL in {data_dir}: {exc}") from exc
 
 
-def _pgserver() -> types.ModuleType:
+def load_pgserver() -> types.ModuleType:
     # pgserver's import asks platformdirs for XDG_RUNTIME_DIR, which warns when it is unset (systemd
     # services, containers); the fallback it picks is fine, so the warning is noise.
     with warnings.catch_warnings():
