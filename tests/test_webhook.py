@@ -350,3 +350,56 @@ async def test_send_webhook_script(server: Server) -> None:
     assert forged.returncode == 1 and forged.stdout.startswith("403")
     assert APP_SECRET not in deliver.stdout + deliver.stderr + verify.stdout + verify.stderr
     assert (await server.stored(media_id))["insights"] == {"reach": 7, "views": 9}
+
+
+async def test_full_writer_answers_503_then_recovers(webhook_pool: asyncpg.Pool) -> None:
+    """A writer stuck behind a table lock fills its buffer: deliveries get 503 (Meta retries) quickly."""
+    config = settings.WebhookSettings(verify_token=models.Secret(VERIFY_TOKEN),
+                                      app_secret=models.Secret(APP_SECRET), path=PATH)
+    counters = metrics.Metrics()
+    known = {FB_ACCOUNT: _account(FB_ACCOUNT, "facebook")}
+    media_ids = [next(_media_ids) for _ in range(3)]
+    statuses: list[int] = []
+    async with webhook_pool.acquire() as locker:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("LOCK TABLE ig_media IN ACCESS EXCLUSIVE MODE")
+        locked = True
+        async with storage_writer.Writer(webhook_pool, flush_interval_s=0.01, buffer_max_rows=5) as writer:
+            receiver = webhook.WebhookReceiver(config, accounts=lambda: known, writer=writer,
+                                               metrics=counters, enqueue_timeout_s=0.3)
+            app = web.Application()
+            app.add_routes(receiver.routes())
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}{PATH}"
+            try:
+                async with aiohttp.ClientSession() as session:
+                    async def post(media_id: int) -> int:
+                        body = story_body(media_id, {"reach": 1, "replies": 2})
+                        headers = {"X-Hub-Signature-256": sign(body)}
+                        async with session.post(url, data=body, headers=headers) as response:
+                            return response.status
+
+                    statuses.append(await post(media_ids[0]))
+                    await asyncio.sleep(0.1)  # the writer takes the first batch and blocks on the lock
+                    statuses.append(await post(media_ids[1]))
+                    started = asyncio.get_running_loop().time()
+                    statuses.append(await post(media_ids[2]))
+                    busy_s = asyncio.get_running_loop().time() - started
+                    await lock.rollback()
+                    locked = False
+                    statuses.append(await post(media_ids[2]))  # Meta's retry, once the database moves again
+                    await writer.flush()
+            finally:
+                if locked:  # never leave the writer's final flush waiting on the lock
+                    await lock.rollback()
+                await runner.cleanup()
+    assert statuses == [200, 200, 503, 200]
+    assert busy_s < 2
+    assert counters.total(counters.webhook_deliveries, outcome="busy") == 1
+    async with webhook_pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT count(*) FROM ig_media_insight WHERE media_id = ANY($1)",
+                                     media_ids)
+    assert stored == 6
