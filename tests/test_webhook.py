@@ -1,6 +1,6 @@
 """Integration tier: the webhook receiver over real HTTP, storing through a real Writer into PostgreSQL.
 
-The module gets its own database on the TEST_DATABASE_URL server, migrated from empty.
+Each test gets a fresh migrated database (the `pool` fixture of tests/fixtures_db.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import itertools
 import os
 import subprocess
 import sys
-import urllib.parse
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,6 @@ import pytest
 from aiohttp import web
 
 from collector import metrics, models, settings, webhook
-from collector.storage import migrations
 from collector.storage import writer as storage_writer
 
 APP_SECRET = "test-app-secret-0123456789"
@@ -35,7 +32,6 @@ FB_ACCOUNT = "17841400000000001"
 IG_ACCOUNT = "17841400000000002"  # Instagram Login: Meta should not send these, but may
 UNKNOWN_ACCOUNT = "17841499999999999"
 PATH = "/webhooks/instagram"
-ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "send_webhook.py"
 
 # Media ids unique across tests, so tests sharing a database never see each other's rows.
@@ -102,28 +98,12 @@ class Server:
 ServerFactory = Callable[..., Awaitable[Server]]
 
 
-@pytest.fixture(scope="module")
-async def webhook_pool() -> AsyncIterator[asyncpg.Pool]:
-    name = f"webhook_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        dsn = urllib.parse.urlunsplit(urllib.parse.urlsplit(ADMIN_DSN)._replace(path=f"/{name}"))
-        async with asyncpg.create_pool(dsn, min_size=1, max_size=4) as pool:
-            async with pool.acquire() as conn:
-                await migrations.migrate(conn)
-            yield pool
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 @pytest.fixture
-async def make_server(webhook_pool: asyncpg.Pool) -> AsyncIterator[ServerFactory]:
+async def make_server(pool: asyncpg.Pool) -> AsyncIterator[ServerFactory]:
     """Start receivers (each its own aiohttp app on a free port) sharing one real Writer."""
     cleanups: list[Callable[[], Awaitable[None]]] = []
     session = aiohttp.ClientSession()
-    async with storage_writer.Writer(webhook_pool, flush_interval_s=0.05) as writer:
+    async with storage_writer.Writer(pool, flush_interval_s=0.05) as writer:
 
         async def start(*, body_max_bytes: int = 1024 * 1024,
                         accounts: dict[str, models.Account] | None = None) -> Server:
@@ -143,7 +123,7 @@ async def make_server(webhook_pool: asyncpg.Pool) -> AsyncIterator[ServerFactory
             await site.start()
             cleanups.append(runner.cleanup)
             port = runner.addresses[0][1]
-            return Server(f"http://127.0.0.1:{port}{PATH}", session, counters, writer, webhook_pool)
+            return Server(f"http://127.0.0.1:{port}{PATH}", session, counters, writer, pool)
 
         try:
             yield start
@@ -352,7 +332,7 @@ async def test_send_webhook_script(server: Server) -> None:
     assert (await server.stored(media_id))["insights"] == {"reach": 7, "views": 9}
 
 
-async def test_full_writer_answers_503_then_recovers(webhook_pool: asyncpg.Pool) -> None:
+async def test_full_writer_answers_503_then_recovers(pool: asyncpg.Pool) -> None:
     """A writer stuck behind a table lock fills its buffer: deliveries get 503 (Meta retries) quickly."""
     config = settings.WebhookSettings(verify_token=models.Secret(VERIFY_TOKEN),
                                       app_secret=models.Secret(APP_SECRET), path=PATH)
@@ -360,12 +340,12 @@ async def test_full_writer_answers_503_then_recovers(webhook_pool: asyncpg.Pool)
     known = {FB_ACCOUNT: _account(FB_ACCOUNT, "facebook")}
     media_ids = [next(_media_ids) for _ in range(3)]
     statuses: list[int] = []
-    async with webhook_pool.acquire() as locker:
+    async with pool.acquire() as locker:
         lock = locker.transaction()
         await lock.start()
         await locker.execute("LOCK TABLE ig_media IN ACCESS EXCLUSIVE MODE")
         locked = True
-        async with storage_writer.Writer(webhook_pool, flush_interval_s=0.01, buffer_max_rows=5) as writer:
+        async with storage_writer.Writer(pool, flush_interval_s=0.01, buffer_max_rows=5) as writer:
             receiver = webhook.WebhookReceiver(config, accounts=lambda: known, writer=writer,
                                                metrics=counters, enqueue_timeout_s=0.3)
             app = web.Application()
@@ -399,7 +379,7 @@ async def test_full_writer_answers_503_then_recovers(webhook_pool: asyncpg.Pool)
     assert statuses == [200, 200, 503, 200]
     assert busy_s < 2
     assert counters.total(counters.webhook_deliveries, outcome="busy") == 1
-    async with webhook_pool.acquire() as conn:
+    async with pool.acquire() as conn:
         stored = await conn.fetchval("SELECT count(*) FROM ig_media_insight WHERE media_id = ANY($1)",
                                      media_ids)
     assert stored == 6

@@ -1,6 +1,6 @@
 """Acceptance tier: `python -m collector run` with a `[webhook]` section, as a subprocess, against the
-simulator and a real PostgreSQL (its own database). Deliveries go over real HTTP to the daemon's shared
-/metrics listener; the story rows are read back from the database."""
+simulator and a real PostgreSQL (a fresh database from tests/fixtures_db.py). Deliveries go over real HTTP
+to the daemon's shared /metrics listener; the story rows are read back from the database."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import signal
 import socket
 import sys
 import time
-import urllib.parse
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,7 +26,6 @@ from collector.simulator import api, server
 from collector.simulator import world as world_mod
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
 APP_SECRET = "daemon-webhook-app-secret-42"
 VERIFY_TOKEN = "daemon-webhook-verify-token-42"
 PATH = "/hooks/ig"
@@ -64,18 +61,6 @@ async def sim_url() -> AsyncIterator[tuple[str, list[world_mod.SimAccount]]]:
         await runner.cleanup()
 
 
-@pytest.fixture
-async def dsn() -> AsyncIterator[str]:
-    name = f"webhook_daemon_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield urllib.parse.urlunsplit(urllib.parse.urlsplit(ADMIN_DSN)._replace(path=f"/{name}"))
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 async def _until_serving(session: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process,
                          log: Path) -> None:
     deadline = time.monotonic() + 30
@@ -93,7 +78,7 @@ async def _until_serving(session: aiohttp.ClientSession, url: str, proc: asyncio
 
 
 async def test_daemon_receives_story_insights(
-        tmp_path: Path, dsn: str, sim_url: tuple[str, list[world_mod.SimAccount]]) -> None:
+        tmp_path: Path, db_dsn: str, sim_url: tuple[str, list[world_mod.SimAccount]]) -> None:
     url, accounts = sim_url
     port = _free_port()
     (tmp_path / "accounts.csv").write_text("ig_user_id,login,access_token\n" + "".join(
@@ -102,7 +87,7 @@ async def test_daemon_receives_story_insights(
 accounts_file = "accounts.csv"
 state_dir = "state"
 [database]
-url = "{dsn}"
+url = "{db_dsn}"
 [graph]
 instagram_base_url = "{url}"
 facebook_base_url = "{url}"
@@ -187,7 +172,7 @@ json = true
             proc.kill()
             await proc.wait()
 
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(db_dsn)
     try:
         story = await conn.fetchrow("SELECT ig_user_id::text AS account, media_product_type FROM ig_media "
                                     "WHERE media_id = $1", 17_900_000_000_000_001)
