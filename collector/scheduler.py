@@ -28,9 +28,8 @@ from collector import models, settings
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
 DAY_S = 86400.0
-# First retry of a failed job after this long, doubling per consecutive failure, capped at the job's own
-# period and at RETRY_MAX_S (so a daily job with a transient failure is retried within the hour).
-RETRY_BASE_S = 60.0
+# A failed job is retried after `schedule.job_retry_base_s`, doubling per consecutive failure, capped at the
+# job's own period and at RETRY_MAX_S (so a daily job with a transient failure is retried within the hour).
 RETRY_MAX_S = 3600.0
 # A media item whose refresh interval has *almost* passed is refreshed now rather than one media-job
 # interval later: job runs drift by a few seconds around their slot.
@@ -107,7 +106,7 @@ def next_due(ig_user_id: str, job: models.Job, state: JobState | None, now: date
 def retry_delay_s(job: models.Job, state: JobState, schedule: settings.ScheduleSettings) -> float:
     """Back-off after `state.consecutive_failures` failures in a row (exponential, capped)."""
     exponent = min(max(state.consecutive_failures - 1, 0), 30)
-    return min(RETRY_BASE_S * 2.0**exponent, RETRY_MAX_S, catch_up_period_s(job, schedule))
+    return min(schedule.job_retry_base_s * 2.0**exponent, RETRY_MAX_S, catch_up_period_s(job, schedule))
 
 
 def catch_up_period_s(job: models.Job, schedule: settings.ScheduleSettings) -> float:

@@ -37,6 +37,9 @@ class Notifier:
         payload = "\n".join(fields).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Non-blocking: a reader that falls behind (full datagram queue) must never stall the
+                # event loop; a dropped notification is better than a frozen daemon.
+                sock.setblocking(False)
                 sock.sendto(payload, self._address)
         except OSError as exc:
             log.warning("sd_notify_failed", error=str(exc))

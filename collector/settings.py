@@ -90,6 +90,8 @@ class ScheduleSettings:
     tick_s: float = 1.0
     shutdown_grace_s: float = 20.0
     token_refresh_after_days: float = 7.0  # Instagram Login tokens older than this are refreshed
+    # A failed job is retried after this, doubling per failure in a row, capped at its interval and 1 h.
+    job_retry_base_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

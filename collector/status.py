@@ -15,14 +15,10 @@ from typing import TextIO
 import asyncpg
 
 from collector import exceptions, models, scheduler, settings, tokens
-from collector.storage import db
+from collector.storage import db, queries
 
 Key = tuple[str, models.Job]
 
-_JOB_STATE_SQL = """
-SELECT ig_user_id::text AS ig_user_id, job, last_success_at, last_attempt_at, consecutive_failures
-FROM collector_job_state
-"""
 _ACCOUNT_SQL = "SELECT ig_user_id::text AS ig_user_id, username, status, status_detail FROM ig_account"
 _JOB_COLUMNS = {
     models.Job.PROFILE: "PROFILE",
@@ -35,16 +31,12 @@ _JOB_COLUMNS = {
 
 async def load_job_states(pool: asyncpg.Pool) -> dict[Key, scheduler.JobState]:
     """Every row of `collector_job_state` as scheduler state (unknown job names are skipped)."""
-    try:
-        rows = await pool.fetch(_JOB_STATE_SQL)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise exceptions.StorageError(f"cannot read collector_job_state: {exc}") from exc
     jobs = {job.value: job for job in models.Job}
     states: dict[Key, scheduler.JobState] = {}
-    for row in rows:
+    for row in await queries.job_states(pool):
         job = jobs.get(row["job"])
         if job is not None:
-            states[(row["ig_user_id"], job)] = scheduler.JobState(
+            states[(str(row["ig_user_id"]), job)] = scheduler.JobState(
                 row["last_success_at"], row["last_attempt_at"], row["consecutive_failures"])
     return states
 

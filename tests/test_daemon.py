@@ -89,7 +89,8 @@ class Relay:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
-        assert self._server is not None
+        if self._server is None:
+            return
         self._server.close()
         for w in list(self._writers):
             w.transport.abort()
@@ -174,6 +175,7 @@ demographics_interval_s = 3.0
 tick_s = 0.1
 shutdown_grace_s = 5.0
 token_refresh_after_days = 7.0
+job_retry_base_s = 1.0
 
 [http]
 listen = "127.0.0.1:{self.http_port}"
@@ -194,6 +196,12 @@ class NotifyListener:
         self.sock.bind(str(path))
         self.sock.setblocking(False)
         self.messages: list[str] = []
+        # Read as systemd does, continuously: an unread queue would make the daemon drop notifications.
+        asyncio.get_running_loop().add_reader(self.sock, self.drain)
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock)
+        self.sock.close()
 
     def drain(self) -> list[str]:
         with contextlib.suppress(BlockingIOError):
@@ -305,12 +313,20 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
 # ------------------------------------------------------------------------------------------- tests
 
 
+@pytest.fixture
+async def notify(tmp_path: Path) -> AsyncIterator[NotifyListener]:
+    listener = NotifyListener(tmp_path / "notify.sock")
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
 async def test_collects_on_schedule_serves_health_and_stops_cleanly(
-        setup: Setup, processes: list[DaemonProcess]) -> None:
+        setup: Setup, processes: list[DaemonProcess], notify: NotifyListener) -> None:
     accounts = setup.sim.accounts[:3]
     ids = [a.ig_user_id for a in accounts]
     setup.write(accounts)
-    notify = NotifyListener(setup.dir / "notify.sock")
     daemon = DaemonProcess(setup, notify)
     processes.append(daemon)
     await daemon.start()
@@ -436,8 +452,14 @@ async def test_database_outage_loses_nothing_and_healthz_goes_503(
     setup.write(accounts)
     daemon = DaemonProcess(setup)
     processes.append(daemon)
-    await daemon.start()
+    try:
+        await _outage(setup, relay, daemon, real_dsn, ids)
+    finally:
+        await relay.cut()
 
+
+async def _outage(setup: Setup, relay: Relay, daemon: DaemonProcess, real_dsn: str, ids: list[str]) -> None:
+    await daemon.start()
     await relay.cut()
 
     async def unhealthy() -> bool:

@@ -83,3 +83,10 @@ async def test_watchdog_pings_from_the_loop_at_half_the_interval(
             break
         pings += 1
     assert 4 <= pings <= 6
+
+
+def test_full_queue_never_blocks(listener: tuple[socket.socket, str]) -> None:
+    _, path = listener
+    n = sdnotify.Notifier({"NOTIFY_SOCKET": path})
+    results = [n.watchdog() for _ in range(5000)]  # nobody reads: the queue fills up
+    assert results[0] and not results[-1]
