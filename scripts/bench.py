@@ -122,6 +122,9 @@ class Simulator:
     def cpu_s(self) -> float:
         return bench_common.cpu_seconds(self.proc.pid)
 
+    def runnable_s(self) -> float:
+        return bench_common.runnable_seconds(self.proc.pid)
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -299,15 +302,15 @@ def _insights_call_kind(params: dict[str, str]) -> str:
 
 
 def collector_run(work: Path, sim: Simulator, dsn_server: str | None, args: argparse.Namespace,
-                  tag: str, *, record: bool) -> tuple[ChildResult, dict[str, Any], float]:
-    """One pass into a fresh database; returns (child, simulator stats, simulator CPU seconds)."""
+                  tag: str, *, record: bool) -> tuple[ChildResult, dict[str, Any], tuple[float, float]]:
+    """One pass into a fresh database; returns (child, simulator stats, simulator (CPU, runnable) s)."""
     name = f"bench_{os.getpid()}_{tag}_{int(time.time())}"
     dsn = create_database(dsn_server, name) if dsn_server else None
     try:
         config = write_config(work, sim, dsn, args)
         sim.post("/__sim/reset")
         sim.post(f"/__bench/record?on={int(record)}")
-        sim_before = sim.cpu_s()
+        sim_before = sim.cpu_s(), sim.runnable_s()
         child_args = ["collect", str(config), "--cpu", str(CLIENT_CPU)]
         if args.no_uvloop:
             child_args.append("--no-uvloop")
@@ -319,7 +322,7 @@ def collector_run(work: Path, sim: Simulator, dsn_server: str | None, args: argp
             prefix = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--rate", "200",
                       "--format", "raw", "-o", str(args.py_spy), "--"]
         child = run_child(child_args, work / f"collect-{tag}.log", timeout_s=args.timeout_s, prefix=prefix)
-        sim_cpu = sim.cpu_s() - sim_before
+        sim_cpu = sim.cpu_s() - sim_before[0], sim.runnable_s() - sim_before[1]
         sim.post("/__bench/record?on=0")
         stats = sim.stats()
     finally:
@@ -330,9 +333,10 @@ def collector_run(work: Path, sim: Simulator, dsn_server: str | None, args: argp
     return child, stats, sim_cpu
 
 
-def baseline_run(work: Path, sim: Simulator, args: argparse.Namespace) -> tuple[ChildResult, float]:
+def baseline_run(work: Path, sim: Simulator,
+                 args: argparse.Namespace) -> tuple[ChildResult, tuple[float, float]]:
     sim.post("/__sim/reset")
-    sim_before = sim.cpu_s()
+    sim_before = sim.cpu_s(), sim.runnable_s()
     child_args = ["baseline", str(sim.record), "--base-url", sim.base_url, "--concurrency",
                   str(args.concurrency), "--cpu", str(CLIENT_CPU)]
     if args.no_uvloop:
@@ -340,14 +344,14 @@ def baseline_run(work: Path, sim: Simulator, args: argparse.Namespace) -> tuple[
     child = run_child(child_args, work / "baseline.log", timeout_s=args.timeout_s)
     if not child.result:
         raise SystemExit(f"the baseline run failed (exit {child.exit_code}):\n{child.stderr_tail}")
-    return child, sim.cpu_s() - sim_before
+    return child, (sim.cpu_s() - sim_before[0], sim.runnable_s() - sim_before[1])
 
 
 def report_main(args: argparse.Namespace, work: Path, dsn_server: str | None) -> tuple[dict[str, Any], bool]:
     sim = Simulator(work, args, args.accounts)
     try:
         child, stats, sim_cpu = collector_run(work, sim, dsn_server, args, "main", record=True)
-        base, base_sim_cpu = (None, 0.0) if args.no_baseline else baseline_run(work, sim, args)
+        base, base_sim = (None, (0.0, 0.0)) if args.no_baseline else baseline_run(work, sim, args)
     finally:
         sim.close()
     r = child.result
@@ -374,7 +378,8 @@ def report_main(args: argparse.Namespace, work: Path, dsn_server: str | None) ->
             "failed_by_status": s["failed_by_status"], "retries": s["retries"], "throttles": s["throttles"],
             "exit_code": child.exit_code,
         },
-        "simulator": {"cpu_s": round(sim_cpu, 2), "core_share": round(sim_cpu / wall, 2),
+        "simulator": {"cpu_s": round(sim_cpu[0], 2), "core_share": round(sim_cpu[0] / wall, 2),
+                      "runnable_share": round(sim_cpu[1] / wall, 2),
                       "calls": stats["calls"], "by_kind": stats["by_kind"], "by_status": stats["by_status"],
                       "by_code": stats["by_code"]},
         "calls": analyse_requests(sim.record, args.days),
@@ -386,7 +391,8 @@ def report_main(args: argparse.Namespace, work: Path, dsn_server: str | None) ->
             "wall_s": round(b["wall_s"], 2), "calls": b["calls"],
             "calls_per_s": round(b["calls"] / b["wall_s"], 1),
             "cpu_s": round(b["cpu_s"], 2), "cpu_s_per_1000_calls": round(1000 * b["cpu_s"] / b["calls"], 3),
-            "peak_rss_mb": round(base.peak_rss_mb, 1), "sim_core_share": round(base_sim_cpu / b["wall_s"], 2),
+            "peak_rss_mb": round(base.peak_rss_mb, 1), "sim_core_share": round(base_sim[0] / b["wall_s"], 2),
+            "sim_runnable_share": round(base_sim[1] / b["wall_s"], 2),
         }
         rate_ratio = (calls / wall) / (b["calls"] / b["wall_s"])
         cpu_ratio = (r["cpu_s"] / calls) / (b["cpu_s"] / b["calls"])
@@ -414,7 +420,9 @@ def scale_main(args: argparse.Namespace, work: Path, dsn_server: str | None) -> 
                + s["rows_written"].get("ig_account_insight", 0),
                "cpu_s_per_1000_calls": round(1000 * r["cpu_s"] / s["graph_calls"], 3),
                "rss_before_pass_mb": round(r["rss_before_pass_mb"], 1),
-               "peak_rss_mb": round(child.peak_rss_mb, 1), "sim_core_share": round(sim_cpu / r["wall_s"], 2),
+               "peak_rss_mb": round(child.peak_rss_mb, 1),
+               "sim_core_share": round(sim_cpu[0] / r["wall_s"], 2),
+               "sim_runnable_share": round(sim_cpu[1] / r["wall_s"], 2),
                "writer_wait_s": round(r["writer_wait_s"], 2), "exit_code": child.exit_code}
         rows.append(row)
         print(orjson.dumps(row).decode(), flush=True)
@@ -430,7 +438,7 @@ def print_report(out: dict[str, Any]) -> None:
             print(f"  N={row['accounts']:>6} x {row['media']}  wall {row['wall_s']:>7.1f} s  "
                   f"{row['calls_per_s']:>7.1f} calls/s  peak RSS {row['peak_rss_mb']:>6.1f} MB  "
                   f"(before the pass {row['rss_before_pass_mb']:.1f} MB)  "
-                  f"sim core {row['sim_core_share']:.2f}")
+                  f"sim core {row['sim_core_share']:.2f} (runnable {row['sim_runnable_share']:.2f})")
         print(f"  flat: {out['rss_flat']}")
         return
     c, p = out["collector"], out["params"]
@@ -450,13 +458,14 @@ def print_report(out: dict[str, Any]) -> None:
           f"exit {c['exit_code']}")
     sim = out["simulator"]
     print(f"simulator  {sim['calls']} calls  CPU {sim['cpu_s']} s = {sim['core_share']} of its core "
-          f"during the pass  by kind {sim['by_kind']}  by status {sim['by_status']}  "
+          f"(runnable {sim['runnable_share']}) during the pass  by kind {sim['by_kind']}  "
+          f"by status {sim['by_status']}  "
           f"by code {sim['by_code']}")
     if "baseline" in out:
         b, ratio = out["baseline"], out["ratios"]
         print(f"baseline   wall {b['wall_s']} s   {b['calls_per_s']} calls/s   "
               f"CPU {b['cpu_s_per_1000_calls']} s per 1,000 calls   peak RSS {b['peak_rss_mb']} MB   "
-              f"sim core {b['sim_core_share']}")
+              f"sim core {b['sim_core_share']} (runnable {b['sim_runnable_share']})")
         print(f"ratios     calls/s {ratio['calls_per_s']} (target >= {TARGET_RATE_RATIO})   CPU per call "
               f"{ratio['cpu_per_call']} (target <= {TARGET_CPU_RATIO})")
     k = out["calls"]

@@ -46,6 +46,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runnable_seconds(pid: int) -> float:
+    """Seconds a process was running or waiting for a CPU (/proc/<pid>/schedstat: run + run-queue wait).
+
+    Over a wall interval, a share near 1.0 means the process never idled: it is the bottleneck, even when
+    other load on the machine kept its CPU share low.
+    """
+    run_ns, wait_ns = Path(f"/proc/{pid}/schedstat").read_text().split()[:2]
+    return (int(run_ns) + int(wait_ns)) / 1e9
+
+
 def pin(cpu: int | None) -> None:
     if cpu is not None and hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {cpu})
