@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,9 +57,11 @@ class Options:
     latency_jitter: float = 0.5  # ± fraction of latency_ms
     account_budget: limits.Budget = field(default_factory=limits.Budget)
     app_budget: limits.Budget = field(default_factory=limits.Budget)
+    account_budgets: Mapping[str, limits.Budget] = field(default_factory=dict)  # per ig user id, overrides
     throttle_status: int = 400  # HTTP status of 80002 / 4 answers (Meta: 400, sometimes 403/429)
     faults: faults.FaultRates = field(default_factory=faults.FaultRates)
     refresh_min_age_s: float = 86400.0  # §7.3: a token must be ≥ 24 h old to refresh; 0 relaxes it
+    record_arrivals: bool = False  # keep every try per request identity in `stats.arrivals` (tests)
 
 
 @dataclass(slots=True)
@@ -124,7 +127,8 @@ class Simulator:
         self.world = world
         self.options = options or Options()
         self.stats = stats.Stats()
-        self.limits = limits.Limits(self.options.account_budget, self.options.app_budget)
+        self.limits = limits.Limits(self.options.account_budget, self.options.app_budget,
+                                   self.options.account_budgets)
         self.faults = faults.Faults(world.seed, self.options.faults)
         self._trace = 0
         self._routes: dict[str, Callable[[_Request], dict[str, Any]]] = {
@@ -162,6 +166,7 @@ class Simulator:
         return self._call(req)
 
     def _call(self, req: _Request) -> Outcome:
+        arrived = time.monotonic()
         now = self.world.clock()
         req.kind = self._kind(req.parts)
         st = self.stats
@@ -169,13 +174,15 @@ class Simulator:
         st.by_kind[req.kind] += 1
         headers = {"facebook-api-version": req.version, **JSON_HEADERS}
         action = None
+        request_identity = faults.identity(req.method, "/".join(req.parts), req.params)
+        code = None
         try:
             if req.kind == "token":
                 body = self._token_endpoint(req, now)
             else:
                 req.token = self._authenticate(req.params.get("access_token"), now)
                 self._admit(req.token.account.ig_user_id, now)
-                action = self.faults.next(faults.identity(req.method, "/".join(req.parts), req.params))
+                action = self.faults.next(request_identity)
                 if action is not None:
                     st.faults[action] += 1
                     if action == "code1":
@@ -191,7 +198,10 @@ class Simulator:
             self._trace += 1
             status = exc.status
             body = {"error": {**exc.error, "fbtrace_id": f"Sim{self._trace:08x}"}}
-            st.by_code[exc.error["code"]] += 1
+            code = exc.error["code"]
+            st.by_code[code] += 1
+        if self.options.record_arrivals:
+            self._record(req, request_identity, arrived, action, code)
         if action == "http_5xx":
             status, body_bytes = 502, b"<html><body><h1>502 Bad Gateway</h1></body></html>"
             headers["Content-Type"] = "text/html"
@@ -206,6 +216,12 @@ class Simulator:
             headers["X-Business-Use-Case-Usage"] = orjson.dumps(buc).decode()
         transport_action = action if action in ("slow", "drop", "truncate") else None
         return Outcome(status, body_bytes, headers, transport_action)
+
+    def _record(self, req: _Request, request_identity: str, arrived: float, action: str | None,
+                code: int | None) -> None:
+        outcome = action or ("ok" if code is None else "throttled" if code in (4, 80002) else "error")
+        account = req.token.account.ig_user_id if req.token is not None else ""
+        self.stats.arrivals.setdefault(request_identity, []).append(stats.Arrival(arrived, outcome, account))
 
     # --- auth and budgets ---------------------------------------------------------------------------
 
@@ -229,7 +245,7 @@ class Simulator:
         status = self.options.throttle_status
         for scope_name, scope, budget, error in (
             ("app", lim.app, lim.app_budget, rules.app_throttled),
-            ("account", lim.account_scope(ig_user_id), lim.account_budget, rules.account_throttled),
+            ("account", lim.account_scope(ig_user_id), lim.budget_of(ig_user_id), rules.account_throttled),
         ):
             was_blocked = scope.blocked_until > now
             if lim.admit(scope, budget, now) > 0:

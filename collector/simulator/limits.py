@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,16 @@ class Scope:
 
 
 class Limits:
-    def __init__(self, account: Budget, app: Budget) -> None:
+    def __init__(self, account: Budget, app: Budget, overrides: Mapping[str, Budget] | None = None) -> None:
         self.account_budget = account
         self.app_budget = app
+        # Per-account budgets (ig user id -> Budget): Meta sizes each account's budget by its impressions.
+        self.overrides = dict(overrides or {})
         self.app = Scope()
         self.accounts: dict[str, Scope] = {}
+
+    def budget_of(self, ig_user_id: str) -> Budget:
+        return self.overrides.get(ig_user_id, self.account_budget)
 
     def reset(self) -> None:
         self.app = Scope()
@@ -95,6 +101,6 @@ class Limits:
         return {"call_count": pct, "total_time": pct * 3 // 4, "total_cputime": pct // 2}
 
     def buc_header(self, ig_user_id: str, now: float) -> dict[str, Any]:
-        pct, regain_min = self.usage(self.account_scope(ig_user_id), self.account_budget, now)
+        pct, regain_min = self.usage(self.account_scope(ig_user_id), self.budget_of(ig_user_id), now)
         return {ig_user_id: [{"type": "instagram", "call_count": pct, "total_cputime": pct // 2,
                               "total_time": pct * 3 // 4, "estimated_time_to_regain_access": regain_min}]}

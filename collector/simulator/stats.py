@@ -4,7 +4,15 @@ count wasted calls (throttled, made while blocked, faulted) from them."""
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Arrival(NamedTuple):
+    """One try of a request as the simulator saw it (recorded only with `Options.record_arrivals`)."""
+
+    at: float  # time.monotonic() when the simulator began serving it
+    outcome: str  # "ok", "throttled", an injected fault kind, or "error" (any other Graph error)
+    ig_user_id: str  # the account of the call's token ("" when it had none we know)
 
 
 class Stats:
@@ -22,6 +30,9 @@ class Stats:
         self.while_blocked: collections.Counter[str] = collections.Counter()
         self.faults: collections.Counter[str] = collections.Counter()
         self.by_account: collections.Counter[str] = collections.Counter()  # calls per ig user id
+        # request identity (faults.identity) -> every try of it, in arrival order; empty unless recorded.
+        # Lets tests check retry timing from the server's side: when each retry arrived, what it met.
+        self.arrivals: dict[str, list[Arrival]] = {}
 
     def snapshot(self) -> dict[str, Any]:
         return {
