@@ -193,7 +193,7 @@ class GraphClient:
                 self._metrics.graph_retries.labels(reason="throttled").inc()
                 _log.warning("graph_throttled", account=account_id, scope=scope, code=error.code,
                              wait_s=round(wait_s, 3), attempt=throttle_failures, endpoint=endpoint,
-                             regain_s=error.regain_s)
+                             regain_s=error.regain_s, path=path, params=_loggable(query))
                 if key is None:
                     await asyncio.sleep(wait_s)
                 continue
@@ -206,7 +206,8 @@ class GraphClient:
                 self._metrics.graph_retries.labels(reason=reason).inc()
                 _log.info("graph_retry", account=account_id, scope="call", code=error.code,
                           http_status=error.http_status, wait_s=round(wait_s, 3),
-                          attempt=transient_failures, endpoint=endpoint, error=error.describe())
+                          attempt=transient_failures, endpoint=endpoint, error=error.describe(),
+                          path=path, params=_loggable(query))
                 await asyncio.sleep(wait_s)
                 continue
             raise error
@@ -288,6 +289,12 @@ def _next_query(body: Mapping[str, Any]) -> dict[str, str] | None:
     except (ValueError, TypeError) as exc:
         raise exceptions.GraphTransportError("paging.next is not a URL") from _scrubbed(exc)
     return {key: value for key, value in parsed.query.items() if key != "access_token"}
+
+
+def _loggable(query: Mapping[str, str]) -> dict[str, str]:
+    """The query of a call without its token and token-endpoint secrets: which request a retry event is
+    about (metric list, window, cursor), so an operator can tell one retried call from another."""
+    return {k: v for k, v in query.items() if k != "access_token" and k not in _SECRET_PARAMS}
 
 
 def _describe(exc: BaseException) -> str:
