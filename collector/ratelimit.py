@@ -8,10 +8,10 @@ A call passes `Throttle.slot(host, account_id)` before it leaves the process. Th
 1. waits while the app scope or the account is paused (Meta: "stop calling, every call extends the block"),
    waking at the pause end plus a small random spread, so that thousands of tasks paused together do not
    all fire in the same millisecond;
-2. waits for the pacing slot of a scope that usage headers slowed down (see `pacing_fraction`);
-3. acquires the account limiter, then the app limiter (account first: a task that still has to wait for
-   its account must not hold an app token meanwhile), and re-checks the pauses, since one may have begun
-   while it waited.
+2. acquires the account limiter, then waits for the pacing slot of a scope that usage headers slowed down
+   (see `pacing_fraction`; reserved after the limiter, so at the rate in force when the call leaves);
+3. acquires the app limiter (last: a task that still has to wait for its account must not hold an app
+   token meanwhile), and re-checks the pauses, since one may have begun while it waited.
 
 Bucket sizes are chosen on purpose (limits.md): an `AsyncLimiter(n, t)` lets a full bucket through at
 once. The account bucket is `account_burst` (Meta counts calls over hours; a few back-to-back calls are
@@ -209,14 +209,17 @@ class Throttle:
                 spread_s = self._rand() * min(_WAKE_SPREAD_MAX_S, _WAKE_SPREAD_FRACTION * wait_s)
                 await asyncio.sleep(wait_s + spread_s)
                 continue
+            # The account limiter before the pacing slot: the slot is then reserved at the rate in force
+            # when the call is about to leave. Reserved first, a call that queued behind the limiter while
+            # the usage headers climbed would still go at the faster rate of when it started waiting
+            # (measured: up to `media_concurrency_per_account` calls past the slow-down, and a block).
+            if account is not None and account.limiter is not None:
+                await account.limiter.acquire()
+                now = self._clock()
             pacing_s = app.reserve(now)
             if account is not None:
                 pacing_s = max(pacing_s, account.reserve(now))
-                if pacing_s > 0:
-                    await asyncio.sleep(pacing_s)
-                if account.limiter is not None:
-                    await account.limiter.acquire()
-            elif pacing_s > 0:
+            if pacing_s > 0:
                 await asyncio.sleep(pacing_s)
             if app.limiter is not None:
                 await app.limiter.acquire()

@@ -249,3 +249,20 @@ async def test_slowed_account_is_paced() -> None:
         async with throttle.slot(HOST, "1"):
             pass
     assert time.monotonic() - started >= 0.55  # 3 gaps of 0.2 s (first slot is immediate)
+
+
+async def test_calls_queued_behind_the_limiter_go_at_the_rate_in_force_when_they_leave() -> None:
+    throttle, _ = make(account_calls_per_s=50.0, account_burst=1, app_calls_per_s=0,
+                       slow_down_at_pct=50.0, min_rate_fraction=0.1)
+    header = '{"1":[{"type":"instagram","call_count":100,"total_cputime":1,"total_time":1}]}'
+    left: list[float] = []
+
+    async def call() -> None:
+        async with throttle.slot(HOST, "1"):
+            left.append(time.monotonic())
+            if len(left) == 1:  # the first answer says the budget is used up: 5 calls/s from now on
+                await asyncio.sleep(0.01)  # meanwhile the other four queue behind the limiter
+                throttle.observe(HOST, "1", {"X-Business-Use-Case-Usage": header})
+
+    await asyncio.gather(*(call() for _ in range(5)))  # four wait for the limiter meanwhile
+    assert left[-1] - left[1] >= 0.55  # 3 gaps of 0.2 s, not 0.02 s as at the ceiling of 50/s
