@@ -9,15 +9,18 @@ in a temp dir. The template is migrated once per session; each test gets `CREATE
 (tens of ms). Names carry the pid and a random suffix, so parallel pytest processes never collide.
 
 `embedded_server()` starts a private pgserver instance a test may stop and restart
-(`EmbeddedServer.stop()` / `.start()`), for outage tests.
+(`EmbeddedServer.stop()` / `.start()`, then `.close()`), for outage tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import secrets
+import shutil
+import subprocess
 import tempfile
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
@@ -45,7 +48,7 @@ class EmbeddedServer:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self._server: Any = db.load_pgserver().get_server(data_dir, cleanup_mode="delete")
+        self._server: Any = db.load_pgserver().get_server(data_dir, cleanup_mode="stop")
 
     def uri(self, database: str = "postgres") -> str:
         return str(self._server.get_uri(database))
@@ -62,9 +65,16 @@ class EmbeddedServer:
     def psql(self, command: str) -> str:
         return str(self._server.psql(command))
 
+    def close(self) -> None:
+        """Stop the server and delete its directory (pgserver's exit hook then has nothing to do)."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        self._server.cleanup_mode = None
+        shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
 
 def embedded_server() -> EmbeddedServer:
-    """Start a private embedded server; pgserver stops it and deletes its data at process exit."""
+    """Start a private embedded server in a new temp dir; `close()` it when done."""
     # Short path: the unix socket lives in the data dir and socket paths are limited to ~100 bytes.
     data_dir = Path(tempfile.mkdtemp(prefix="igc-pg-")) / "data"
     return EmbeddedServer(data_dir)
@@ -77,7 +87,9 @@ def server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    yield embedded_server().uri("postgres")
+    server = embedded_server()
+    yield server.uri("postgres")
+    server.close()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -105,18 +107,28 @@ async def test_open_database_url_then_env(db_dsn: str, monkeypatch: pytest.Monke
         assert await database.pool.fetchval("SELECT count(*) FROM collector_schema_migrations") == 1
 
 
-async def test_open_database_embedded_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_open_database_embedded_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    state_dir = tmp_path
-    database = await db.open_database(settings.DatabaseSettings(), state_dir=state_dir)
-    async with database:
-        assert database.embedded
-        assert (state_dir / "postgres" / "PG_VERSION").exists()
-        assert await database.migrate() == ["001_init"]
-        assert f"/{db.EMBEDDED_DATABASE}?host=" in database.dsn_for_display
-    # Persistent: a second open finds the migrated database.
-    async with await db.open_database(settings.DatabaseSettings(), state_dir=state_dir) as again:
-        assert await again.migrate() == []
+    # Not under tmp_path: pytest keeps that 0700 (and other pytest runs prune it), while the embedded
+    # server runs as the unprivileged `pgserver` user when we are root.
+    state_dir = Path(tempfile.mkdtemp(prefix="igc-state-"))
+    try:
+        database = await db.open_database(settings.DatabaseSettings(), state_dir=state_dir)
+        async with database:
+            assert database.embedded
+            assert (state_dir / "postgres" / "PG_VERSION").exists()
+            assert await database.migrate() == ["001_init"]
+            assert f"/{db.EMBEDDED_DATABASE}?host=" in database.dsn_for_display
+        # Persistent: a second open finds the migrated database.
+        async with await db.open_database(settings.DatabaseSettings(), state_dir=state_dir) as again:
+            assert await again.migrate() == []
+    finally:
+        pgserver = db.load_pgserver()
+        server = pgserver.get_server(state_dir / "postgres")
+        await asyncio.to_thread(pgserver.pg_ctl, ["-w", "-m", "fast", "stop"], pgdata=server.pgdata,
+                                user=server.system_user)
+        server.cleanup_mode = None  # stopped: nothing left for pgserver's exit hook
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 async def test_read_helpers(pool: asyncpg.Pool) -> None:

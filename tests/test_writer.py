@@ -1,0 +1,263 @@
+"""The batched writer against a real PostgreSQL: upsert semantics, history, ordering, backpressure, outage."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+import structlog.testing
+
+from collector import exceptions, metrics, models
+from collector.storage import writer
+from tests import fixtures_db
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+T1 = T0 + timedelta(hours=1)
+METRICS = ("reach", "views", "likes", "saved")
+
+
+def insight_rows(media: range, at: datetime, bump: int = 0) -> list[models.MediaInsightRow]:
+    return [models.MediaInsightRow(m, metric, "", "", m * 10 + i + bump, at)
+            for m in media for i, metric in enumerate(METRICS)]
+
+
+async def count(pool: asyncpg.Pool, table: str) -> int:
+    return int(await pool.fetchval(f"SELECT count(*) FROM {table}"))
+
+
+async def test_rerun_with_same_values_writes_nothing(pool: asyncpg.Pool) -> None:
+    m = metrics.Metrics()
+    rows = insight_rows(range(1, 501), T0)
+    async with writer.Writer(pool, batch_max_rows=300, metrics=m) as w:
+        await w.add(models.Table.MEDIA_INSIGHT, rows)
+        await w.flush()
+        assert await count(pool, "ig_media_insight") == 2000
+        assert await count(pool, "ig_media_insight_history") == 2000
+        xmins = await pool.fetchval("SELECT sum(xmin::text::bigint) FROM ig_media_insight")
+        await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(1, 501), T1))  # same values, later
+        await w.flush()
+    assert await count(pool, "ig_media_insight") == 2000
+    assert await count(pool, "ig_media_insight_history") == 2000
+    # Not even rewritten: same row versions, collected_at still the first sighting.
+    assert await pool.fetchval("SELECT sum(xmin::text::bigint) FROM ig_media_insight") == xmins
+    assert await pool.fetchval("SELECT max(collected_at) FROM ig_media_insight") == T0
+    assert m.total(m.rows_written, table="ig_media_insight") == 4000
+
+
+async def test_history_only_on_change(pool: asyncpg.Pool) -> None:
+    async with writer.Writer(pool) as w:
+        await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(1, 11), T0))
+        await w.flush()
+        changed = [r._replace(value=r.value + (r.media_id <= 3), collected_at=T1)
+                   for r in insight_rows(range(1, 11), T0)]
+        await w.add(models.Table.MEDIA_INSIGHT, changed)
+    assert await count(pool, "ig_media_insight") == 40
+    assert await count(pool, "ig_media_insight_history") == 40 + 12
+    rows = await pool.fetch("SELECT media_id, value, collected_at FROM ig_media_insight"
+                            " WHERE metric = 'reach' ORDER BY media_id")
+    assert [(r["media_id"], r["value"], r["collected_at"]) for r in rows[:4]] == [
+        (1, 11, T1), (2, 21, T1), (3, 31, T1), (4, 40, T0)]
+    series = await pool.fetch("SELECT value, collected_at FROM ig_media_insight_history"
+                              " WHERE media_id = 2 AND metric = 'reach' ORDER BY collected_at")
+    assert [(r["value"], r["collected_at"]) for r in series] == [(20, T0), (21, T1)]
+
+
+async def test_duplicate_keys_in_one_batch_last_wins(pool: asyncpg.Pool) -> None:
+    first = models.MediaInsightRow(7, "reach", "", "", 1, T0)
+    async with writer.Writer(pool) as w:
+        await w.add(models.Table.MEDIA_INSIGHT, [first, first._replace(value=2), first._replace(value=3)])
+        await w.add(models.Table.MEDIA, [
+            models.MediaRow(7, 1, "IMAGE", "FEED", T0, "https://x/1", 5, 1, T0),
+            models.MediaRow(7, 1, None, None, None, None, 6, None, T1),
+        ])
+    assert await pool.fetchval("SELECT value FROM ig_media_insight WHERE media_id = 7") == 3
+    assert await count(pool, "ig_media_insight_history") == 1
+    media = await pool.fetchrow("SELECT * FROM ig_media WHERE media_id = 7")
+    assert (media["like_count"], media["last_seen_at"]) == (6, T1)
+
+
+async def test_exact_values(pool: asyncpg.Pool) -> None:
+    rows = [
+        models.MediaInsightRow(1, "a", "", "", 0.1 + 0.2, T0),
+        models.MediaInsightRow(1, "b", "", "", 12345678901234, T0),
+        models.MediaInsightRow(1, "c", "", "", 2.5, T0),
+    ]
+    exact = [
+        models.MediaInsightRow(2, "a", "", "", Decimal("0.123456789012345678901"), T0),
+        models.MediaInsightRow(2, "b", "", "", 2**60 + 1, T0),
+        models.MediaInsightRow(2, "c", "", "", 0.1, T0),
+    ]
+    account = [models.AccountInsightRow(9, "reach", "day", T0, "", "", Decimal("1.50"), T0)]
+    async with writer.Writer(pool) as w:
+        await w.add(models.Table.MEDIA_INSIGHT, rows)
+        await w.flush()
+        await w.add(models.Table.MEDIA_INSIGHT, exact)
+        await w.add(models.Table.ACCOUNT_INSIGHT, account)
+    got = {(r["media_id"], r["metric"]): r["v"] for r in
+           await pool.fetch("SELECT media_id, metric, value::text AS v FROM ig_media_insight")}
+    assert got == {(1, "a"): "0.30000000000000004", (1, "b"): "12345678901234", (1, "c"): "2.5",
+                   (2, "a"): "0.123456789012345678901", (2, "b"): str(2**60 + 1), (2, "c"): "0.1"}
+    assert await pool.fetchval("SELECT value::text FROM ig_account_insight") == "1.50"
+
+
+async def test_coalesce_upserts(pool: asyncpg.Pool) -> None:
+    async with writer.Writer(pool) as w:
+        await w.add(models.Table.ACCOUNT, [models.AccountRow(1, "alice", "facebook", 100, 5, "ok", None, T0)])
+        await w.add(models.Table.MEDIA, [
+            models.MediaRow(7, 1, "VIDEO", "REELS", T0, "https://p", 3, 4, T0, T0)])
+        await w.add(models.Table.UNAVAILABLE, [models.UnavailableRow(
+            "media", 7, "views", "", models.UnavailableReason.NOT_ENOUGH_VIEWERS, "few", T0)])
+        await w.flush()
+        await w.add(models.Table.ACCOUNT, [
+            models.AccountRow(1, None, "facebook", None, None, "token_invalid", "expired", T1)])
+        await w.add(models.Table.MEDIA, [models.MediaRow(7, 1, None, None, None, None, None, None, T1)])
+        await w.add(models.Table.UNAVAILABLE, [models.UnavailableRow(
+            "media", 7, "views", "", models.UnavailableReason.NO_DATA, None, T1)])
+    account = await pool.fetchrow("SELECT * FROM ig_account")
+    assert tuple(account.values()) == (1, "alice", "facebook", 100, 5, "token_invalid", "expired", T1)
+    media = await pool.fetchrow("SELECT * FROM ig_media")
+    assert tuple(media.values()) == (7, 1, "VIDEO", "REELS", T0, "https://p", 3, 4, T0, T1, T0)
+    unavailable = await pool.fetchrow(
+        "SELECT reason, detail, first_seen_at, last_seen_at FROM ig_unavailable")
+    assert tuple(unavailable.values()) == ("no_data", None, T0, T1)
+
+
+async def test_job_state_sequences(pool: asyncpg.Pool) -> None:
+    def job(ok: bool, minutes: int, detail: str | None = None) -> models.JobStateRow:
+        return models.JobStateRow(1, "media", ok, T0 + timedelta(minutes=minutes), detail)
+
+    async def state() -> tuple[object, ...]:
+        row = await pool.fetchrow("SELECT last_success_at, last_attempt_at, last_error, consecutive_failures"
+                                  " FROM collector_job_state")
+        return tuple(row.values())
+
+    async with writer.Writer(pool) as w:
+        await w.add(models.Table.JOB_STATE, [job(False, 1, "boom")])
+        await w.flush()
+        assert await state() == (None, T0 + timedelta(minutes=1), "boom", 1)
+        await w.add(models.Table.JOB_STATE, [job(False, 2, "boom2"), job(False, 3, "boom3")])  # one batch
+        await w.flush()
+        assert await state() == (None, T0 + timedelta(minutes=3), "boom3", 3)
+        await w.add(models.Table.JOB_STATE, [job(False, 4, "x"), job(True, 5), job(False, 6, "y")])
+        await w.flush()
+        assert await state() == (T0 + timedelta(minutes=5), T0 + timedelta(minutes=6), "y", 1)
+        await w.add(models.Table.JOB_STATE, [job(True, 7)])
+        await w.flush()
+        assert await state() == (T0 + timedelta(minutes=7), T0 + timedelta(minutes=7), None, 0)
+
+
+async def test_job_state_never_commits_before_its_data(pool: asyncpg.Pool) -> None:
+    # A trigger fails the transaction if a job state arrives while the data added before it is not
+    # visible to it (committed earlier, or earlier in the same transaction).
+    await pool.execute("""
+        CREATE FUNCTION check_data_first() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF (SELECT count(*) FROM ig_media_insight) < 40 * NEW.ig_user_id THEN
+                RAISE EXCEPTION 'job state before its data';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER data_first BEFORE INSERT OR UPDATE ON collector_job_state
+            FOR EACH ROW EXECUTE FUNCTION check_data_first();
+    """)
+    async with writer.Writer(pool, batch_max_rows=7, flush_interval_s=0.01) as w:
+        for account in range(1, 6):
+            # Job state first in the call order of each step would be a bug in the caller; here the data
+            # comes first and batches of 7 rows cut right through it.
+            media = range(account * 100, account * 100 + 10)
+            await w.add(models.Table.MEDIA_INSIGHT, insight_rows(media, T0))
+            await w.add(models.Table.JOB_STATE, [models.JobStateRow(account, "media", True, T0, None)])
+    assert await count(pool, "collector_job_state") == 5
+
+
+async def test_backpressure_blocks_add_until_committed(pool: asyncpg.Pool, db_dsn: str) -> None:
+    m = metrics.Metrics()
+    blocker = await asyncpg.connect(db_dsn)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE ig_media_insight IN ACCESS EXCLUSIVE MODE")
+        async with writer.Writer(pool, batch_max_rows=50, buffer_max_rows=100, flush_interval_s=0.01,
+                                 metrics=m) as w:
+            await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(1, 26), T0))  # 100 rows: full
+            blocked = asyncio.create_task(w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(26, 27), T0)))
+            await asyncio.sleep(0.3)
+            assert not blocked.done()
+            assert w.buffered_rows == 100
+            await tx.rollback()  # the database moves again
+            await asyncio.wait_for(blocked, timeout=10)
+        assert m.total(m.writer_wait_seconds) >= 0.25
+        assert await count(pool, "ig_media_insight") == 104
+    finally:
+        await blocker.close()
+
+
+async def test_bad_data_is_fatal_storage_error(pool: asyncpg.Pool) -> None:
+    w = writer.Writer(pool)
+    w.start()
+    await w.add(models.Table.ACCOUNT, [models.AccountRow(1, "a", "myspace", None, None, "ok", None, T0)])
+    with pytest.raises(exceptions.StorageError, match="rejected"):
+        await w.flush()
+    with pytest.raises(exceptions.StorageError):
+        await w.add(models.Table.ACCOUNT, [models.AccountRow(2, "b", "facebook", None, None, "ok", None, T0)])
+    with pytest.raises(exceptions.StorageError):
+        await w.close()
+
+
+async def test_close_flushes_even_when_cancelled(pool: asyncpg.Pool) -> None:
+    w = writer.Writer(pool, flush_interval_s=60)
+    w.start()
+    await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(1, 101), T0))
+    closing = asyncio.create_task(w.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    for _ in range(100):
+        if await count(pool, "ig_media_insight") == 400:
+            break
+        await asyncio.sleep(0.05)
+    assert await count(pool, "ig_media_insight") == 400
+
+
+async def test_outage_keeps_rows_and_delivers_each_once() -> None:
+    server = await asyncio.to_thread(fixtures_db.embedded_server)
+    admin = await asyncpg.connect(server.uri())
+    await admin.execute("CREATE DATABASE outage")
+    await admin.close()
+    dsn = server.uri("outage")
+    conn = await asyncpg.connect(dsn)
+    from collector.storage import migrations  # noqa: PLC0415
+    await migrations.migrate(conn)
+    await conn.close()
+    m = metrics.Metrics()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with writer.Writer(pool, batch_max_rows=100, flush_interval_s=0.05, metrics=m) as w:
+                await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(1, 51), T0))
+                await w.flush()
+                await asyncio.to_thread(server.stop)
+                for start in range(51, 251, 25):  # 800 rows while the server is down
+                    await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(start, start + 25), T0))
+                await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(1, 51), T1, bump=1))  # changes
+                await w.add(models.Table.JOB_STATE, [models.JobStateRow(1, "media", True, T1, None)])
+                for _ in range(100):
+                    if m.total(m.writer_errors) >= 2:
+                        break
+                    await asyncio.sleep(0.05)
+                assert m.total(m.writer_errors) >= 2
+                await asyncio.to_thread(server.start)
+                await asyncio.wait_for(w.flush(), timeout=30)
+        assert any(e["event"] == "writer_retry" and e["log_level"] == "warning" for e in logs)
+        assert await count(pool, "ig_media_insight") == 1000
+        assert await pool.fetchval(
+            "SELECT count(*) FROM (SELECT DISTINCT media_id, metric FROM ig_media_insight_history) d") == 1000
+        assert await count(pool, "ig_media_insight_history") == 1000 + 200
+        assert await count(pool, "collector_job_state") == 1
+    finally:
+        await pool.close()
+        await asyncio.to_thread(server.close)
