@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -29,24 +30,26 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collector import models  # noqa: E402
-from collector.storage import migrations, writer  # noqa: E402
+from collector import models
+from collector.storage import migrations, writer
 
 METRICS = tuple(
     sys.intern(m) for m in ("reach", "views", "likes", "comments", "saved", "shares", "total_interactions",
                              "profile_visits", "follows", "ig_reels_avg_watch_time"))
 PER_MEDIA = len(METRICS)
+FIRST_MEDIA_ID = 17_900_000_000_000_000  # Graph-sized ids
 
 
 def make_rows(first: int, count: int, bump: int, at: datetime) -> list[models.MediaInsightRow]:
     """`count` rows from key number `first`; ten metrics per media; value = key number + bump."""
     return [
-        models.MediaInsightRow(17_900_000_000_000_000 + i // PER_MEDIA, METRICS[i % PER_MEDIA], "", "", i + bump, at)
+        models.MediaInsightRow(FIRST_MEDIA_ID + i // PER_MEDIA, METRICS[i % PER_MEDIA], "", "", i + bump, at)
         for i in range(first, first + count)
     ]
 
 
-async def timed(label: str, rows: int, body: Callable[[], Awaitable[None]], results: dict[str, float]) -> None:
+async def timed(label: str, rows: int, body: Callable[[], Awaitable[None]],
+                results: dict[str, float]) -> None:
     started = time.perf_counter()
     await body()
     elapsed = time.perf_counter() - started
@@ -56,10 +59,8 @@ async def timed(label: str, rows: int, body: Callable[[], Awaitable[None]], resu
 
 async def reset(conn: asyncpg.Connection) -> None:
     await conn.execute("TRUNCATE ig_media_insight, ig_media_insight_history")
-    try:
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
         await conn.execute("CHECKPOINT")  # every measurement starts from the same WAL state
-    except asyncpg.InsufficientPrivilegeError:
-        pass
 
 
 async def copy_batches(conn: asyncpg.Connection, table: str, rows: list[models.MediaInsightRow], batch: int,
@@ -86,10 +87,12 @@ async def run_writer(pool: asyncpg.Pool, rows: list[models.MediaInsightRow], bat
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-rows", type=int, default=50_000, help="batch size of every method")
-    parser.add_argument("--dsn", default=os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL"))
+    parser.add_argument(
+        "--dsn", default=os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL"))
     args = parser.parse_args()
     if not args.dsn:
         parser.error("give --dsn or set TEST_DATABASE_URL / DATABASE_URL")
