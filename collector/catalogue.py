@@ -74,6 +74,17 @@ OVERRIDE_KEYS = frozenset({
 })
 
 
+@dataclass(frozen=True, slots=True)
+class MediaPlan:
+    """What to ask for one media: its metrics, its breakdown calls, and the key under which Meta's refusals
+    are remembered (empty when the media's kind is ambiguous, so nothing is learned from it)."""
+
+    product: str
+    metrics: tuple[str, ...]
+    breakdowns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+
+
 def product_type_of(media_product_type: str | None, media_type: str | None) -> str:
     """The catalogue key for a media. Instagram Login may omit media_product_type (reference §1.1): then a
     VIDEO is a reel (every video posted since 2022 is) and anything else a feed post."""
@@ -98,6 +109,20 @@ class Catalogue:
 
     def media_breakdowns(self, product_type: str) -> tuple[tuple[str, str], ...]:
         return MEDIA_BREAKDOWNS[product_type]
+
+    def media_plan(self, login: models.Login, media_product_type: str | None,
+                   media_type: str | None) -> MediaPlan:
+        """The metrics for one media. When Meta omits media_product_type (Instagram Login, reference
+        §1.1) a VIDEO may be a reel or a feed video: ask for the union of both sets and let Meta's
+        refusals trim it per media, without learning from it (that would wrongly trim the other kind)."""
+        product = product_type_of(media_product_type, media_type)
+        if media_product_type is None and media_type == "VIDEO":
+            both = (*self.media_metrics(login, "REELS"), *self.media_metrics(login, "FEED"))
+            metrics = tuple(dict.fromkeys(both))
+            breakdowns = tuple(dict.fromkeys((*MEDIA_BREAKDOWNS["REELS"], *MEDIA_BREAKDOWNS["FEED"])))
+            return MediaPlan(product, metrics, breakdowns, ())
+        return MediaPlan(product, self.media_metrics(login, product), MEDIA_BREAKDOWNS[product],
+                         (login, product, media_type or ""))
 
     def account_total_value(self) -> tuple[str, ...]:
         return self.overrides.get("account.total_value", ACCOUNT_TOTAL_VALUE)
@@ -137,6 +162,9 @@ class Capabilities:
     async def first_call(self, *key: str) -> AsyncIterator[None]:
         """The first call for a key goes alone; concurrent ones wait for it to finish, so a refusal is
         learned from one call instead of from every call already in flight."""
+        if not key:
+            yield
+            return
         probe = self._probes.get(key)
         if probe is None:
             probe = self._probes[key] = asyncio.Event()
@@ -152,6 +180,8 @@ class Capabilities:
         return self._unsupported.get(key, frozenset())
 
     def learn(self, metrics: Iterable[str], *key: str) -> None:
+        if not key:  # an ambiguous kind: nothing to learn
+            return
         self._unsupported[key] = self._unsupported.get(key, frozenset()) | frozenset(metrics)
 
     def usable(self, metrics: Iterable[str], *key: str) -> tuple[str, ...]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -40,8 +41,9 @@ T = TypeVar("T")
 MediaDue = Callable[[datetime | None, datetime | None, datetime], bool]
 
 PROFILE_FIELDS = "id,username,followers_count,media_count"
-MEDIA_FIELDS = "id,media_type,media_product_type,timestamp,permalink,like_count,comments_count"
-STORY_FIELDS = "id,media_type,media_product_type,timestamp,permalink"
+MEDIA_FIELDS = ("id", "media_type", "media_product_type", "timestamp", "permalink", "like_count",
+                "comments_count")
+STORY_FIELDS = ("id", "media_type", "media_product_type", "timestamp", "permalink")
 PAGE_LIMIT = "100"
 STORY_LIFETIME = timedelta(hours=24)
 # Jobs of one pass, in order: the profile first (a bad token stops the account there; followers_count tells
@@ -182,8 +184,7 @@ class Collector:
     async def _media(self, run: _Job, media_due: MediaDue | None) -> None:
         cutoff = run.now - timedelta(days=self._collect.media_max_age_days)
         refreshed = await queries.media_refresh_state(self._pool, run.user_id) if media_due else {}
-        async for page in self._client.pages(run.account, f"{run.account.ig_user_id}/media",
-                                             {"fields": MEDIA_FIELDS, "limit": PAGE_LIMIT}, endpoint="media"):
+        async for page in self._walk(run, "media", MEDIA_FIELDS):
             self._check_stop()
             recent = []
             for item in page:
@@ -197,7 +198,8 @@ class Collector:
             due = [m for m in recent
                    if media_due is None or media_due(m.posted_at, refreshed.get(m.media_id), run.now)]
             await self._insights_for(run, due, story=False)
-            not_due = [_media_row(m, run) for m in recent if m not in due]
+            due_ids = {m.media_id for m in due}
+            not_due = [_media_row(m, run) for m in recent if m.media_id not in due_ids]
             if not_due:
                 await self._writer.add(models.Table.MEDIA, not_due)
             # Media come newest first; a page that ends past the age limit ends the walk. Judging by the
@@ -207,12 +209,35 @@ class Collector:
                 break
 
     async def _stories(self, run: _Job) -> None:
-        params = {"fields": STORY_FIELDS, "limit": PAGE_LIMIT}
-        async for page in self._client.pages(run.account, f"{run.account.ig_user_id}/stories", params,
-                                             endpoint="stories"):
+        async for page in self._walk(run, "stories", STORY_FIELDS):
             self._check_stop()
             stories = [m for m in (parsing.media_item(item, story=True) for item in page) if m is not None]
             await self._insights_for(run, stories, story=True)
+
+    async def _walk(self, run: _Job, edge: str,
+                    fields: tuple[str, ...]) -> AsyncIterator[list[dict[str, Any]]]:
+        """The pages of a media edge. When Meta refuses a field we asked for before the first page (the
+        Instagram Login host may not serve `media_product_type`, reference §1.1), that field is dropped for
+        the login flow, remembered, and the walk starts again without it."""
+        key = ("fields", run.account.login, edge)
+        while True:
+            usable = self._capabilities.usable(fields, *key)
+            params = {"fields": ",".join(usable), "limit": PAGE_LIMIT}
+            walked = False
+            try:
+                async for page in self._client.pages(run.account, f"{run.account.ig_user_id}/{edge}", params,
+                                                     endpoint=edge):
+                    walked = True
+                    yield page
+                return
+            except exceptions.InvalidParameter as exc:
+                message = str(exc)
+                refused = {f for f in usable if f != "id" and re.search(rf"\b{f}\b", message)}
+                if walked or not refused:
+                    raise
+                log.warning("fields_dropped", edge=edge, login=run.account.login, fields=sorted(refused),
+                            error=exc.describe())
+                self._capabilities.learn(refused, *key)
 
     async def _insights_for(self, run: _Job, media: Sequence[parsing.Media], *, story: bool) -> None:
         """Fetch insights for each media (bounded per account), then store the media rows with the time
@@ -228,19 +253,18 @@ class Collector:
     async def _media_insights(self, run: _Job, media: parsing.Media) -> bool:
         """Insights of one media. True when Meta's answer is settled (values stored or recorded as
         unavailable); False when the call failed for now (retried on the next refresh)."""
-        product = catalogue.product_type_of(media.media_product_type, media.media_type)
-        key = (run.account.login, product, media.media_type or "")
-        async with self._capabilities.first_call(*key):
-            return await self._media_insights_of_kind(run, media, product, key)
+        plan = self._catalogue.media_plan(run.account.login, media.media_product_type, media.media_type)
+        async with self._capabilities.first_call(*plan.key):
+            return await self._media_insights_of_kind(run, media, plan)
 
-    async def _media_insights_of_kind(self, run: _Job, media: parsing.Media, product: str,
-                                      key: tuple[str, str, str]) -> bool:
-        wanted = self._capabilities.usable(self._catalogue.media_metrics(run.account.login, product), *key)
+    async def _media_insights_of_kind(self, run: _Job, media: parsing.Media,
+                                      plan: catalogue.MediaPlan) -> bool:
+        key = plan.key
+        wanted = self._capabilities.usable(plan.metrics, *key)
         absent = _Absences("media", media.media_id, run.now, self._metrics)
         record = absent.add
 
-        for metric in self._capabilities.unsupported(*key) & set(
-                self._catalogue.media_metrics(run.account.login, product)):
+        for metric in self._capabilities.unsupported(*key) & set(plan.metrics):
             record(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this media type")
         try:
             items = await self._insights_dropping_unsupported(
@@ -253,8 +277,8 @@ class Collector:
             record("*", models.UnavailableReason.NOT_ENOUGH_VIEWERS, str(exc))
             items = None
         except (exceptions.ObjectNotFound, exceptions.InvalidParameter) as exc:
-            if media.posted_at is not None and run.now - media.posted_at > STORY_LIFETIME and story_like(
-                    product):
+            if plan.product == "STORY" and media.posted_at is not None and (
+                    run.now - media.posted_at > STORY_LIFETIME):
                 record("*", models.UnavailableReason.STORY_EXPIRED, str(exc))
             else:
                 record("*", models.UnavailableReason.OBJECT_GONE, exc.describe())
@@ -275,19 +299,19 @@ class Collector:
                 if metric not in got and not absent.has(metric):
                     record(metric, models.UnavailableReason.NO_DATA, "no value in Meta's answer")
             if self._collect.media_breakdowns:
-                rows.extend(await self._media_breakdowns(run, media, product, got=got, key=key,
-                                                         absent=absent))
+                rows.extend(await self._media_breakdowns(run, media, plan, got=got, absent=absent))
             if rows:
                 await self._writer.add(models.Table.MEDIA_INSIGHT, rows)
         if absent.rows:
             await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
         return True
 
-    async def _media_breakdowns(self, run: _Job, media: parsing.Media, product: str, *, got: set[str],
-                                key: tuple[str, ...], absent: _Absences) -> list[models.MediaInsightRow]:
+    async def _media_breakdowns(self, run: _Job, media: parsing.Media, plan: catalogue.MediaPlan, *,
+                                got: set[str], absent: _Absences) -> list[models.MediaInsightRow]:
         rows: list[models.MediaInsightRow] = []
-        for metric, breakdown in self._catalogue.media_breakdowns(product):
-            if metric not in got or breakdown in self._capabilities.unsupported(*key, metric):
+        key = plan.key
+        for metric, breakdown in plan.breakdowns:
+            if metric not in got or (key and breakdown in self._capabilities.unsupported(*key, metric)):
                 continue
             try:
                 body = await self._client.get(run.account, f"{media.media_id}/insights",
@@ -298,7 +322,8 @@ class Collector:
                 if isinstance(exc, exceptions.ServerError) and exc.is_transient:
                     run.failures.append(f"media {media.media_id} {metric} by {breakdown}: {exc.describe()}")
                     continue
-                self._capabilities.learn([breakdown], *key, metric)
+                if key:
+                    self._capabilities.learn([breakdown], *key, metric)
                 absent.add(metric, models.UnavailableReason.UNSUPPORTED, exc.describe(), scope=breakdown)
                 continue
             except exceptions.GraphError as exc:
@@ -551,10 +576,6 @@ def _media_row(media: parsing.Media, run: _Job, *, refreshed: bool = False) -> m
     return models.MediaRow(media.media_id, run.user_id, media.media_type, media.media_product_type,
                            media.posted_at, media.permalink, media.like_count, media.comments_count,
                            run.now, run.now if refreshed else None)
-
-
-def story_like(product: str) -> bool:
-    return product == "STORY"
 
 
 async def _bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:

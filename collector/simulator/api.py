@@ -304,6 +304,8 @@ class Simulator:
             elif name == "media_type":
                 out["media_type"] = media.media_type
             elif name == "media_product_type":
+                if req.token.login == "instagram" and w.knobs.refuse_media_product_type_on_instagram:
+                    raise rules.ApiError(rules.nonexisting_field(name, "IGMedia"))
                 if not (req.token.login == "instagram" and w.knobs.omit_media_product_type_on_instagram):
                     out["media_product_type"] = media.media_product_type
             elif name == "timestamp":

@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "few_viewers_fraction", "crosspost_fraction"):
         world.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(knobs, name))
     world.add_argument("--history-days", type=int, default=knobs.history_days)
-    world.add_argument("--omit-media-product-type-on-instagram", action="store_true")
+    world.add_argument("--omit-media-product-type-on-instagram", action="store_true",
+                       help="Instagram Login: leave media_product_type out of media answers")
+    world.add_argument("--refuse-media-product-type-on-instagram", action="store_true",
+                       help="Instagram Login: answer a media_product_type field request with code 100")
     world.add_argument("--views-as-total-value", action="store_true")
     world.add_argument("--accept-shares-on-image", action="store_true",
                        help="disable the observed drift that IMAGE posts reject `shares`")
@@ -67,6 +70,7 @@ def build(args: argparse.Namespace) -> tuple[world_mod.World, api.Options]:
         hidden_likes_fraction=args.hidden_likes_fraction, few_viewers_fraction=args.few_viewers_fraction,
         crosspost_fraction=args.crosspost_fraction, history_days=args.history_days,
         omit_media_product_type_on_instagram=args.omit_media_product_type_on_instagram,
+        refuse_media_product_type_on_instagram=args.refuse_media_product_type_on_instagram,
         views_as_total_value=args.views_as_total_value,
         reject_shares_on_image=not args.accept_shares_on_image,
         demographics_timeframe_key=args.demographics_timeframe_key,

@@ -107,6 +107,8 @@ class Knobs:
     few_viewers_fraction: float = 0.25  # stories with < 5 viewers (code 10)
     crosspost_fraction: float = 0.3  # media shared to Facebook (facebook_views/crossposted_views served)
     omit_media_product_type_on_instagram: bool = False  # §1.1: unknown whether the IG host returns it
+    # ... or refuses it outright: "(#100) Tried accessing nonexisting field (media_product_type) ..."
+    refuse_media_product_type_on_instagram: bool = False
     views_as_total_value: bool = False  # §3.3 OBS: media `views` items as total_value instead of values
     reject_shares_on_image: bool = True  # §3.1 OBS drift: IMAGE posts reject `shares`
     demographics_timeframe_key: bool = False  # §2.6 doc example: dimension_keys ["timeframe", <bd>]
