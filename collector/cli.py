@@ -151,14 +151,14 @@ def cmd_once(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
     async def main(signals: Signals) -> int:
-        from collector import collect  # noqa: PLC0415
+        from collector import passes  # noqa: PLC0415
         from collector.storage import db  # noqa: PLC0415
 
         display = progress.ProgressDisplay(log_interval_s=args.progress_interval_s)
         async with await db.open_database(cfg.database, state_dir=cfg.state_dir) as database:
             await _migrate(database)
             try:
-                summary = await collect.run_pass(
+                summary = await passes.run_pass(
                     cfg, database.pool, stop=signals.stop, metrics=metrics.Metrics(),
                     on_progress=None if args.no_progress else display)
             finally:
@@ -202,7 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace, signals: Signals) -> int:
     from aiohttp import web  # noqa: PLC0415  # lazy: see module docstring
 
-    from collector import collect  # noqa: PLC0415
+    from collector import passes  # noqa: PLC0415
     from collector.simulator import api, server  # noqa: PLC0415
     from collector.simulator import world as sim_world  # noqa: PLC0415
     from collector.storage import db  # noqa: PLC0415
@@ -224,7 +224,7 @@ async def _demo(args: argparse.Namespace, signals: Signals) -> int:
             await _migrate(database)
             display = progress.ProgressDisplay(log_interval_s=5.0)
             try:
-                summary = await collect.run_pass(cfg, database.pool, stop=signals.stop,
+                summary = await passes.run_pass(cfg, database.pool, stop=signals.stop,
                                                  metrics=metrics.Metrics(), on_progress=display)
             finally:
                 display.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -27,9 +26,6 @@ from collector import (
     models,
     pacific,
     parsing,
-    progress,
-    ratelimit,
-    retry,
     settings,
 )
 from collector.storage import queries
@@ -46,11 +42,6 @@ MEDIA_FIELDS = ("id", "media_type", "media_product_type", "timestamp", "permalin
 STORY_FIELDS = ("id", "media_type", "media_product_type", "timestamp", "permalink")
 PAGE_LIMIT = "100"
 STORY_LIFETIME = timedelta(hours=24)
-# Jobs of one pass, in order: the profile first (a bad token stops the account there; followers_count tells
-# why follower metrics are missing).
-PASS_JOBS = (models.Job.PROFILE, models.Job.MEDIA, models.Job.STORIES, models.Job.ACCOUNT_INSIGHTS,
-             models.Job.DEMOGRAPHICS)
-
 
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
@@ -598,147 +589,3 @@ async def _bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], lim
                 first = error
                 break
         raise first from None
-
-
-# ---------------------------------------------------------------------- the pass
-
-
-@dataclass(slots=True)
-class PassSummary:
-    accounts_total: int = 0
-    accounts_ok: int = 0
-    accounts_failed: dict[str, str] = field(default_factory=dict)  # ig_user_id -> status
-    jobs_failed: int = 0
-    interrupted: bool = False
-    wall_s: float = 0.0
-    calls: int = 0
-    throttles: int = 0
-    retries: int = 0
-    unavailable: int = 0
-    rows_written: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return 1
-        return 1 if self.accounts_failed else 0
-
-    def read_counters(self, counters: metrics.Metrics) -> None:
-        self.calls = int(counters.total(counters.graph_calls))
-        self.throttles = int(counters.total(counters.throttles))
-        self.retries = int(counters.total(counters.graph_retries))
-        self.unavailable = int(counters.total(counters.unavailable))
-        jobs_ok = counters.total(counters.jobs, outcome="ok")
-        self.jobs_failed = int(counters.total(counters.jobs) - jobs_ok)
-        self.rows_written = {table.value: int(counters.total(counters.rows_written, table=table.value))
-                             for table in models.Table}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "accounts_total": self.accounts_total, "accounts_ok": self.accounts_ok,
-            "accounts_failed": len(self.accounts_failed),
-            "failed_by_status": _count_values(self.accounts_failed), "jobs_failed": self.jobs_failed,
-            "interrupted": self.interrupted, "wall_s": round(self.wall_s, 3), "graph_calls": self.calls,
-            "calls_per_s": round(self.calls / self.wall_s, 1) if self.wall_s else 0.0,
-            "throttles": self.throttles, "retries": self.retries, "unavailable": self.unavailable,
-            "rows_written": self.rows_written,
-        }
-
-
-def _count_values(mapping: dict[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for value in mapping.values():
-        counts[value] = counts.get(value, 0) + 1
-    return counts
-
-
-async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio.Event,
-                   metrics: metrics.Metrics,
-                   on_progress: Callable[[progress.PassProgress], None] | None = None,
-                   progress_interval_s: float = 1.0) -> PassSummary:
-    """Every job for every configured account, accounts concurrently. When `stop` is set, no new account
-    or job starts; what was fetched is flushed before returning."""
-    started = time.monotonic()
-    summary = PassSummary(accounts_total=len(config.accounts))
-    throttle = ratelimit.Throttle(config.rate_limit, metrics)
-    policy = retry.RetryPolicy(config.retry, pause_cap_s=config.rate_limit.pause_cap_s)
-    now = datetime.now(UTC)
-    accounts = iter(config.accounts)
-    done = 0
-
-    def snapshot() -> progress.PassProgress:
-        return progress.PassProgress(
-            accounts_total=summary.accounts_total, accounts_done=done,
-            accounts_failed=len(summary.accounts_failed),
-            calls=int(metrics.total(metrics.graph_calls)),
-            rows_written=int(metrics.total(metrics.rows_written)),
-            throttles=int(metrics.total(metrics.throttles)),
-            retries=int(metrics.total(metrics.graph_retries)),
-            elapsed_s=time.monotonic() - started)
-
-    async with graph.GraphClient(config.graph, throttle, policy, metrics) as client, \
-            storage_writer.Writer(pool, metrics=metrics) as writer:
-        collector = Collector(config, client, writer, pool, metrics, stop=stop)
-
-        async def worker() -> None:
-            nonlocal done
-            for account in accounts:
-                if stop.is_set():
-                    return
-                failed = await _collect_account(collector, account, now, stop)
-                if failed is not None:
-                    summary.accounts_failed[account.ig_user_id] = failed
-                else:
-                    summary.accounts_ok += 1
-                done += 1
-
-        async def report() -> None:
-            while on_progress is not None:
-                on_progress(snapshot())
-                await asyncio.sleep(progress_interval_s)
-
-        reporter = asyncio.create_task(report(), name="progress")
-        count = min(config.collect.max_concurrent_accounts, max(1, len(config.accounts)))
-        workers = [asyncio.create_task(worker(), name=f"account-worker-{i}") for i in range(count)]
-        stopped = asyncio.create_task(stop.wait(), name="stop-wait")
-        try:
-            while not stopped.done() and not all(w.done() for w in workers):
-                await asyncio.wait([*workers, stopped], return_when=asyncio.FIRST_COMPLETED)
-            if stopped.done():
-                # Let in-flight jobs reach their next stop check, then abandon what is left.
-                _, late = await asyncio.wait(workers, timeout=config.schedule.shutdown_grace_s)
-                for task in late:
-                    task.cancel()
-            results = await asyncio.gather(*workers, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                    raise result
-        finally:
-            for pending in (*workers, stopped, reporter):
-                pending.cancel()
-            await asyncio.gather(*workers, stopped, reporter, return_exceptions=True)
-            await writer.flush()
-    summary.interrupted = stop.is_set() and done < summary.accounts_total
-    summary.wall_s = time.monotonic() - started
-    summary.read_counters(metrics)
-    if on_progress is not None:
-        on_progress(snapshot())
-    return summary
-
-
-async def _collect_account(collector: Collector, account: models.Account, now: datetime,
-                           stop: asyncio.Event) -> str | None:
-    """All jobs of one account in order; returns None when all succeeded, else the account's status."""
-    status: str | None = None
-    for job in PASS_JOBS:
-        if stop.is_set():
-            return status or "interrupted"
-        try:
-            outcome = await collector.run_job(account, job, now)
-        except exceptions.ShutdownRequested:
-            return "interrupted"
-        if not outcome.ok:
-            status = status or outcome.status
-            if outcome.account_level:
-                return outcome.status
-    return status

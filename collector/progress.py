@@ -1,6 +1,6 @@
 """Live progress of a collection pass: one redrawn line on a terminal, a periodic log event otherwise.
 
-`collect.run_pass` calls its `on_progress` callback with `PassProgress` snapshots as often as it likes;
+`passes.run_pass` calls its `on_progress` callback with `PassProgress` snapshots as often as it likes;
 `ProgressDisplay` rate-limits the output itself, so the callback stays cheap on the hot path.
 """
 

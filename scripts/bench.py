@@ -6,7 +6,7 @@
 Three processes besides this one (2 cores: the simulator pinned to CPU 0, the measured process to CPU 1):
   1. the simulator (scripts/bench_common.py sim), N accounts x M media at --latency-ms (± --jitter), recording
      every request it serves;
-  2. one full pass (collect.run_pass, as `ig-collector once` runs it) into a fresh PostgreSQL database, rate
+  2. one full pass (passes.run_pass, as `ig-collector once` runs it) into a fresh PostgreSQL database, rate
      limiters off (this measures the collector, not Meta's budgets);
   3. the baseline: the recorded requests replayed by --concurrency tasks over one aiohttp session, each body
      parsed with orjson and dropped, on the same event loop kind.

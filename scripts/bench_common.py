@@ -162,7 +162,7 @@ def collect_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     pin(args.cpu)
 
-    from collector import collect, config, logs, metrics  # noqa: PLC0415
+    from collector import config, logs, metrics, passes  # noqa: PLC0415
     from collector.storage import db  # noqa: PLC0415
 
     cfg = config.load(args.config)
@@ -180,7 +180,7 @@ def collect_main(argv: list[str]) -> int:
 
                 profiler = cProfile.Profile()
                 profiler.enable()
-            summary = await collect.run_pass(cfg, database.pool, stop=asyncio.Event(), metrics=counters)
+            summary = await passes.run_pass(cfg, database.pool, stop=asyncio.Event(), metrics=counters)
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(args.profile)

@@ -5,7 +5,7 @@
 
 Starts the simulator as a subprocess (`python -m collector simulate`, with per-account budgets and faults),
 a PostgreSQL (a scratch database on $DATABASE_URL's server, else on 127.0.0.1:5432 if it answers, else the
-embedded one of `collector.storage.db`), writes a config and runs one pass (`collect.run_pass`), then prints:
+embedded one of `collector.storage.db`), writes a config and runs one pass (`passes.run_pass`), then prints:
 
   calls made            Graph calls the simulator received (and the client's own count)
   throttled             answers with code 80002 / 4
@@ -44,7 +44,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collector import collect, config, logs, metrics  # noqa: E402
+from collector import config, logs, metrics, passes  # noqa: E402
 from collector.simulator import faults  # noqa: E402
 from collector.storage import db, migrations  # noqa: E402
 
@@ -197,7 +197,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=cfg.database.pool_max_size)
             try:
                 started = time.monotonic()
-                summary = await collect.run_pass(cfg, pool, stop=asyncio.Event(), metrics=metrics.Metrics())
+                summary = await passes.run_pass(cfg, pool, stop=asyncio.Event(), metrics=metrics.Metrics())
                 wall_s = time.monotonic() - started
             finally:
                 await pool.close()

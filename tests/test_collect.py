@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from collector import catalogue, collect, config, metrics, models, pacific
+from collector import catalogue, config, metrics, models, pacific, passes
 from collector.simulator import world as world_mod
 from tests import fixtures_sim
 
@@ -26,9 +26,9 @@ FAST = {
 
 
 async def run_pass(tmp_path: Path, sim: fixtures_sim.RunningSimulator, dsn: str, pool: asyncpg.Pool,
-                   **kwargs: Any) -> collect.PassSummary:
+                   **kwargs: Any) -> passes.PassSummary:
     path = fixtures_sim.write_config(tmp_path, sim, dsn, sections=FAST, **kwargs)
-    return await collect.run_pass(config.load(path), pool, stop=asyncio.Event(), metrics=metrics.Metrics())
+    return await passes.run_pass(config.load(path), pool, stop=asyncio.Event(), metrics=metrics.Metrics())
 
 
 async def counts(pool: asyncpg.Pool) -> dict[str, int]:

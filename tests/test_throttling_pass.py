@@ -33,7 +33,7 @@ import asyncpg
 import pytest
 import structlog
 
-from collector import catalogue, collect, config, metrics, pacific
+from collector import catalogue, config, metrics, pacific, passes
 from collector.simulator import faults, limits, stats
 from collector.simulator import world as world_mod
 from tests import fixtures_sim
@@ -75,14 +75,14 @@ def retry_events() -> Iterator[list[RetryEvent]]:
 
 
 async def run_pass(tmp_path: Path, sim: fixtures_sim.RunningSimulator, dsn: str, pool: asyncpg.Pool,
-                   sections: dict[str, dict[str, Any]]) -> collect.PassSummary:
+                   sections: dict[str, dict[str, Any]]) -> passes.PassSummary:
     base: dict[str, dict[str, Any]] = {
         "collect": {"account_backfill_days": BACKFILL_DAYS, "media_max_age_days": 90},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     path = fixtures_sim.write_config(tmp_path, sim, dsn, sections=base)
-    return await collect.run_pass(config.load(path), pool, stop=asyncio.Event(), metrics=metrics.Metrics())
+    return await passes.run_pass(config.load(path), pool, stop=asyncio.Event(), metrics=metrics.Metrics())
 
 
 def as_number(value: Decimal) -> int | float:
