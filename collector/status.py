@@ -8,7 +8,7 @@ token store when the caller may read it (the service user).
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
@@ -19,7 +19,6 @@ from collector.storage import db, queries
 
 Key = tuple[str, models.Job]
 
-_ACCOUNT_SQL = "SELECT ig_user_id::text AS ig_user_id, username, status, status_detail FROM ig_account"
 _JOB_COLUMNS = {
     models.Job.PROFILE: "PROFILE",
     models.Job.MEDIA: "MEDIA",
@@ -29,11 +28,14 @@ _JOB_COLUMNS = {
 }
 
 
-async def load_job_states(pool: asyncpg.Pool) -> dict[Key, scheduler.JobState]:
-    """Every row of `collector_job_state` as scheduler state (unknown job names are skipped)."""
+async def load_job_states(pool: asyncpg.Pool,
+                          ig_user_ids: Sequence[str] | None = None) -> dict[Key, scheduler.JobState]:
+    """The rows of `collector_job_state` (all, or those of `ig_user_ids`) as scheduler state; unknown job
+    names are skipped. Raises StorageError."""
     jobs = {job.value: job for job in models.Job}
     states: dict[Key, scheduler.JobState] = {}
-    for row in await queries.job_states(pool):
+    ids = None if ig_user_ids is None else [int(i) for i in ig_user_ids]
+    for row in await queries.job_states(pool, ids):
         job = jobs.get(row["job"])
         if job is not None:
             states[(str(row["ig_user_id"]), job)] = scheduler.JobState(
@@ -42,11 +44,7 @@ async def load_job_states(pool: asyncpg.Pool) -> dict[Key, scheduler.JobState]:
 
 
 async def _load_accounts(pool: asyncpg.Pool) -> dict[str, dict[str, object]]:
-    try:
-        rows = await pool.fetch(_ACCOUNT_SQL)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise exceptions.StorageError(f"cannot read ig_account: {exc}") from exc
-    return {row["ig_user_id"]: dict(row.items()) for row in rows}
+    return {row["ig_user_id"]: dict(row.items()) for row in await queries.account_statuses(pool)}
 
 
 async def main(config: settings.Config, *, out: TextIO | None = None) -> int:

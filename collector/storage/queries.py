@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
@@ -35,13 +36,23 @@ async def followers_count(pool: asyncpg.Pool, ig_user_id: int) -> int | None:
     return rows[0]["followers_count"] if rows else None
 
 
-async def job_states(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """Every collector_job_state row (ig_user_id, job, last_success_at, last_attempt_at, last_error,
-    consecutive_failures), ordered by account and job."""
+_JOB_STATE_SQL = ("SELECT ig_user_id, job, last_success_at, last_attempt_at, last_error, "
+                  "consecutive_failures FROM collector_job_state")
+_JOB_STATE_OF_SQL = f"{_JOB_STATE_SQL} WHERE ig_user_id = ANY($1::bigint[])"
+
+
+async def job_states(pool: asyncpg.Pool, ig_user_ids: Sequence[int] | None = None) -> list[asyncpg.Record]:
+    """The collector_job_state rows (ig_user_id, job, last_success_at, last_attempt_at, last_error,
+    consecutive_failures) of every account, or only of `ig_user_ids`; ordered by account and job."""
+    if ig_user_ids is None:
+        return await _fetch(pool, f"{_JOB_STATE_SQL} ORDER BY ig_user_id, job")
+    return await _fetch(pool, f"{_JOB_STATE_OF_SQL} ORDER BY ig_user_id, job", list(ig_user_ids))
+
+
+async def account_statuses(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every ig_account row's (ig_user_id as text, username, status, status_detail), for `status`."""
     return await _fetch(
-        pool,
-        "SELECT ig_user_id, job, last_success_at, last_attempt_at, last_error, consecutive_failures "
-        "FROM collector_job_state ORDER BY ig_user_id, job")
+        pool, "SELECT ig_user_id::text AS ig_user_id, username, status, status_detail FROM ig_account")
 
 
 async def _fetch(pool: asyncpg.Pool, sql: str, *args: object) -> list[asyncpg.Record]:
