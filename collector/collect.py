@@ -525,13 +525,14 @@ class Collector:
             run.failures.append(f"{metric}: {exc.describe()}")
             return
         found = False
-        for item in body.get("data") or ():
-            for entry in item.get("values") or ():
+        data = body.get("data")
+        for item in data if isinstance(data, list) else ():
+            entries = item.get("values") if isinstance(item, dict) else None
+            for entry in entries if isinstance(entries, list) else ():
                 hours = entry.get("value") if isinstance(entry, dict) else None
-                end_text = entry.get("end_time") if isinstance(entry, dict) else None
-                if not isinstance(hours, dict) or not isinstance(end_text, str):
+                end = parsing.time_or_none(entry.get("end_time")) if isinstance(entry, dict) else None
+                if not isinstance(hours, dict) or end is None:
                     continue
-                end = pacific.parse_graph_time(end_text)
                 for hour, count in hours.items():
                     value = parsing.number(count)
                     if value is not None:

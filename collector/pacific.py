@@ -60,5 +60,11 @@ def windows(days: Sequence[date], max_span_s: int = MAX_WINDOW_S) -> list[list[d
 
 
 def parse_graph_time(text: str) -> datetime:
-    """Parse Meta's ISO-8601 timestamps, which use `+0000` (no colon) as the offset."""
-    return datetime.fromisoformat(text)
+    """Parse Meta's ISO-8601 timestamps (`+0000` without colon, `Z`, fractional seconds); always aware.
+
+    Meta's timestamps are UTC (reference §9), so one without an offset is read as UTC: a naive datetime
+    compared with the aware clock would raise TypeError in the middle of a job. Raises ValueError for text
+    that is not a timestamp.
+    """
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

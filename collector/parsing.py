@@ -5,7 +5,8 @@ Pure functions, no I/O: what the Graph API returned in, plain values out (refere
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import decimal
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,10 +20,30 @@ ENUM_BREAKDOWNS = frozenset({
 })
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def number(value: object) -> models.Number | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A metric value: a JSON number, or a numeric string (some APIs and fakes quote big or exact numbers;
+    nothing in Meta's docs rules it out). Anything else (bool, null, map, NaN) is no value."""
+    if isinstance(value, bool):
         return None
-    return value
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        return _numeric_text(value)
+    return None
+
+
+def _numeric_text(text: str) -> models.Number | None:
+    text = text.strip()
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    try:
+        parsed = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return None
+    return parsed if parsed.is_finite() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +55,19 @@ class InsightValue:
     end_time: datetime | None = None
 
 
-def parse_insight_items(items: Iterable[dict[str, Any]]) -> list[InsightValue]:
+def parse_insight_items(items: object) -> list[InsightValue]:
     """Every value in an insights `data[]`, whatever its shape: `values[{value,end_time}]` (time series or
     lifetime), `total_value.value`, and `total_value.breakdowns[].results[]` mapped by `dimension_keys`
     (the `timeframe` key some payloads add is dropped). Non-numeric values (an hour map) are left to the
     caller."""
     found: list[InsightValue] = []
+    if not isinstance(items, list | tuple):  # `data` that is not a list (null, an object) holds no value
+        return found
     for item in items:
+        # Shapes are checked, not trusted: a stray string or null where Meta documents an object must cost
+        # that one value, never raise out of the job (reference §2.6, §3.3).
+        if not isinstance(item, dict):
+            continue
         name = item.get("name")
         if not isinstance(name, str):
             continue
@@ -49,30 +76,47 @@ def parse_insight_items(items: Iterable[dict[str, Any]]) -> list[InsightValue]:
             plain = number(total.get("value"))
             if plain is not None:
                 found.append(InsightValue(name, "", "", plain))
-            for breakdown in total.get("breakdowns") or ():
-                found.extend(_breakdown_values(name, breakdown))
+            breakdowns = total.get("breakdowns")
+            for breakdown in breakdowns if isinstance(breakdowns, list) else ():
+                if isinstance(breakdown, dict):
+                    found.extend(_breakdown_values(name, breakdown))
             if plain is not None:
                 continue
-        for entry in item.get("values") or ():
+        entries = item.get("values")
+        for entry in entries if isinstance(entries, list) else ():
             value = number(entry.get("value")) if isinstance(entry, dict) else None
             if value is None:
                 continue
-            end = entry.get("end_time")
-            found.append(InsightValue(name, "", "", value,
-                                      pacific.parse_graph_time(end) if isinstance(end, str) else None))
+            found.append(InsightValue(name, "", "", value, time_or_none(entry.get("end_time"))))
     return found
 
 
+def time_or_none(value: object) -> datetime | None:
+    """A Graph timestamp as an aware datetime, or None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return pacific.parse_graph_time(value)
+    except ValueError:
+        return None
+
+
 def _breakdown_values(metric: str, breakdown: dict[str, Any]) -> list[InsightValue]:
-    keys = breakdown.get("dimension_keys") or []
+    keys = breakdown.get("dimension_keys")
+    results = breakdown.get("results")
+    if not isinstance(keys, list) or not isinstance(results, list):
+        return []
+    keys = [str(key) for key in keys]
     keep = [i for i, key in enumerate(keys) if key != "timeframe"]
     name = ",".join(keys[i] for i in keep)
     upper = all(keys[i] in ENUM_BREAKDOWNS for i in keep)
     values: list[InsightValue] = []
-    for result in breakdown.get("results") or ():
-        dims = result.get("dimension_values") or []
+    for result in results:
+        if not isinstance(result, dict):
+            continue
+        dims = result.get("dimension_values")
         value = number(result.get("value"))
-        if value is None or len(dims) != len(keys):
+        if value is None or not isinstance(dims, list) or len(dims) != len(keys):
             continue
         dimension = ",".join(str(dims[i]) for i in keep)
         values.append(InsightValue(metric, name, dimension.upper() if upper else dimension, value))
@@ -93,22 +137,25 @@ class Media:
 def media_item(item: object, *, story: bool = False) -> Media | None:
     if not isinstance(item, dict):
         return None
-    raw_id = item.get("id")
-    if not isinstance(raw_id, str) or not raw_id.isdigit():
+    # Graph ids are strings, but a JSON number is the same id (some clients and fakes emit numbers).
+    media_id = int_or_none(item.get("id"))
+    if media_id is None or media_id < 0:
         return None
-    stamp = item.get("timestamp")
-    try:
-        posted_at = pacific.parse_graph_time(stamp) if isinstance(stamp, str) else None
-    except ValueError:
-        posted_at = None
     product = str_or_none(item.get("media_product_type"))
-    return Media(int(raw_id), str_or_none(item.get("media_type")), "STORY" if story else product,
-                  posted_at, str_or_none(item.get("permalink")), int_or_none(item.get("like_count")),
-                  int_or_none(item.get("comments_count")))
+    return Media(media_id, str_or_none(item.get("media_type")), "STORY" if story else product,
+                 time_or_none(item.get("timestamp")), str_or_none(item.get("permalink")),
+                 int_or_none(item.get("like_count")), int_or_none(item.get("comments_count")))
 
 
 def int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer field (id, count): a JSON integer or a string of digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
+        return int(value)
+    return None
 
 
 def str_or_none(value: object) -> str | None:
