@@ -97,7 +97,10 @@ class _Absences:
 def account_failure_status(error: exceptions.GraphError) -> str | None:
     """The ig_account.status an error means for the whole account, or None when it is not account-level."""
     if isinstance(error, exceptions.TokenInvalid):
-        return "token_expired" if error.subcode == 463 else "token_invalid"
+        # 463 is "expired"; a 190 without subcode says so only in its text ("Session has expired on ...").
+        expired = error.subcode == 463 or (
+            error.subcode is None and "session has expired" in str(error).lower())
+        return "token_expired" if expired else "token_invalid"
     if isinstance(error, exceptions.PermissionDenied):
         return "permission_denied"
     return None

@@ -256,7 +256,8 @@ class GraphClient:
                     f"GET {url}: HTTP {status} with a JSON {type(decoded).__name__}, not an object",
                     http_status=status), {}
         error = graph_errors.classify(status, decoded if decoded is not None else raw, regain_s=regain_s,
-                                      requested_metrics=requested)
+                                      requested_metrics=requested,
+                                      www_authenticate=headers.get("WWW-Authenticate"))
         self._count(endpoint, str(status), error.code)
         return error, {}
 

@@ -44,7 +44,16 @@ _REJECTS_TOTAL_VALUE = re.compile(
     r"following metrics? \(([^)]*)\) (?:is|are) incompatible with the metric type \(total_value\)",
     re.IGNORECASE)
 _RANGE_TOO_LONG = re.compile(r"There cannot be more than \d+ days", re.IGNORECASE)
-_NOT_ENOUGH_VIEWERS = re.compile(r"not enough viewers", re.IGNORECASE)
+# "(#10) Not enough viewers for the media to show insights"; other wordings ("does not have enough viewers")
+# must not turn a per-story data threshold into an account-wide permission failure.
+_NOT_ENOUGH_VIEWERS = re.compile(r"\benough viewers\b", re.IGNORECASE)
+# 2108006 is matched by subcode; this text (title or message, any capitalisation) is the fallback for a
+# body without the subcode or an answer that only carries it in WWW-Authenticate (reference §3.2).
+_PRE_CONVERSION_TEXT = re.compile(r"before (?:the most recent time that the user's account was converted|"
+                                  r"business account conversion)", re.IGNORECASE)
+# WWW-Authenticate: OAuth "Facebook Platform" "invalid_token" "Error validating access token: ..."
+_WWW_AUTHENTICATE = re.compile(r'^\s*OAuth\s+"[^"]*"\s+"([^"]*)"\s+"(.*)"\s*$', re.IGNORECASE | re.DOTALL)
+_CODE_IN_MESSAGE = re.compile(r"^\(#(\d+)\)")
 
 
 def classify(
@@ -53,17 +62,25 @@ def classify(
     *,
     regain_s: float | None = None,
     requested_metrics: Iterable[str] | None = None,
+    www_authenticate: str | None = None,
 ) -> exceptions.GraphError:
     """The exception for a failed Graph call.
 
     `body` is the raw response body (or its decoded JSON object); `regain_s` is Meta's estimate of when a
     throttled scope may call again (from X-Business-Use-Case-Usage), kept on the error for the retry policy.
     `requested_metrics` (the call's `metric` list) lets "metric[0] must be one of ..." name the metric that
-    was rejected, since that message only lists the allowed ones.
+    was rejected, since that message only lists the allowed ones. `www_authenticate` (the response header)
+    stands in for a missing error body: Meta repeats the error there.
     """
     decoded = _decode(body)
     error_obj = decoded.get("error") if isinstance(decoded, Mapping) else None
+    if not isinstance(error_obj, Mapping) and 400 <= http_status < 500 and www_authenticate:
+        error_obj = _envelope_from_header(www_authenticate)
     if not isinstance(error_obj, Mapping):
+        if http_status == 429:
+            # Too Many Requests without Meta's envelope is still a throttle: pause, do not hammer.
+            return exceptions.Throttled(f"HTTP {http_status} without a Graph error body",
+                                        http_status=http_status, regain_s=regain_s)
         if http_status >= 500:
             return exceptions.ServerError(f"HTTP {http_status} without a Graph error body",
                                           http_status=http_status, regain_s=regain_s)
@@ -102,16 +119,19 @@ def classify(
     if code == 3 or (code is not None and 200 <= code <= 299):
         return exceptions.PermissionDenied(message, **fields)
     if code == 100:
-        return _classify_100(message, text, fields, requested_metrics)
+        return _classify_100(message, text, fields, requested_metrics, envelope)
     if http_status >= 500:
         return exceptions.ServerError(message, **fields)
     return exceptions.GraphApiError(message, **fields)
 
 
 def _classify_100(message: str | None, text: str, fields: dict[str, Any],
-                  requested_metrics: Iterable[str] | None) -> exceptions.GraphError:
+                  requested_metrics: Iterable[str] | None,
+                  envelope: Mapping[str, Any]) -> exceptions.GraphError:
     subcode = fields["subcode"]
-    if subcode == SUBCODE_PRE_CONVERSION:
+    if subcode == SUBCODE_PRE_CONVERSION or (subcode is None and any(
+            _PRE_CONVERSION_TEXT.search(str(envelope.get(key) or ""))
+            for key in ("error_user_title", "error_user_msg", "message"))):
         return exceptions.PreConversionMedia(message, **fields)
     if subcode == SUBCODE_OBJECT_NOT_FOUND:
         return exceptions.ObjectNotFound(message, **fields)
@@ -136,6 +156,20 @@ def _classify_100(message: str | None, text: str, fields: dict[str, Any],
     if _RANGE_TOO_LONG.search(text):
         return exceptions.RangeTooLong(message, **fields)
     return exceptions.InvalidParameter(message, **fields)
+
+
+def _envelope_from_header(value: str) -> dict[str, Any] | None:
+    """An error envelope read from `WWW-Authenticate: OAuth "Facebook Platform" "<error>" "<message>"`:
+    the code from the message's `(#N)` prefix, or 190 for `invalid_token`."""
+    match = _WWW_AUTHENTICATE.match(value)
+    if match is None:
+        return None
+    kind, message = match.group(1), match.group(2)
+    code_match = _CODE_IN_MESSAGE.match(message)
+    code = int(code_match.group(1)) if code_match else (190 if kind == "invalid_token" else None)
+    if code is None and _PRE_CONVERSION_TEXT.search(message):
+        code = 100
+    return {"message": message, "code": code} if code is not None else None
 
 
 def _decode(body: bytes | Mapping[str, Any] | None) -> object:
