@@ -8,10 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import urllib.parse
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +15,6 @@ import orjson
 import pytest
 
 from collector import cli
-from collector.storage import db
 from tests import fixtures_sim
 
 TOKEN = "tok-CLITEST-0123456789"
@@ -126,37 +121,6 @@ def test_once_with_unreachable_database_exits_3(tmp_path: Path) -> None:
 # -- against a real PostgreSQL and the simulator over HTTP -----------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def server_dsn() -> str:
-    """A PostgreSQL server to create scratch databases on: $TEST_DATABASE_URL, else an embedded one."""
-    url = os.environ.get("TEST_DATABASE_URL")
-    if url:
-        return url
-    # Not under pytest's 0700 temp tree: as root, pgserver runs PostgreSQL as its own user, which must
-    # reach the data directory. The server stops when this process exits.
-    folder = Path(tempfile.mkdtemp(prefix="ig-cli-pg-"))
-    folder.chmod(0o755)
-    return db.start_embedded(folder / "data")
-
-
-@pytest.fixture
-async def fresh_dsn(server_dsn: str) -> AsyncIterator[str]:
-    """An empty database of its own, dropped afterwards."""
-    name = f"cli_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    parts = urllib.parse.urlsplit(server_dsn)
-    yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 async def arun(*args: str, signal_after: str | None = None,
                send: signal.Signals = signal.SIGTERM) -> tuple[int, str, str]:
     """The CLI as a subprocess without blocking the event loop (the simulator runs in it). With
@@ -190,9 +154,9 @@ async def count(dsn: str, table: str) -> int:
 FAST = {"collect": {"account_backfill_days": 3}, "rate_limit": {"account_calls_per_s": 100.0}}
 
 
-async def test_migrate_applies_then_has_nothing_to_do(tmp_path: Path, fresh_dsn: str,
+async def test_migrate_applies_then_has_nothing_to_do(tmp_path: Path, empty_db_dsn: str,
                                                       simulator: fixtures_sim.RunningSimulator) -> None:
-    path = fixtures_sim.write_config(tmp_path, simulator, fresh_dsn)
+    path = fixtures_sim.write_config(tmp_path, simulator, empty_db_dsn)
     code, out, err = await arun("migrate", "-c", str(path))
     assert code == 0, err
     assert "applied 0 migration(s)" not in out and "001" in out
@@ -201,21 +165,21 @@ async def test_migrate_applies_then_has_nothing_to_do(tmp_path: Path, fresh_dsn:
 
 
 async def test_once_exits_0_when_every_account_is_collected(
-        tmp_path: Path, fresh_dsn: str, start_simulator: fixtures_sim.StartSimulator) -> None:
+        tmp_path: Path, db_dsn: str, start_simulator: fixtures_sim.StartSimulator) -> None:
     sim = await start_simulator(accounts=4, media_per_account=5, world_knobs={"invalid_token_fraction": 0.0})
-    path = fixtures_sim.write_config(tmp_path, sim, fresh_dsn, accounts_csv=True, sections=FAST)
+    path = fixtures_sim.write_config(tmp_path, sim, db_dsn, accounts_csv=True, sections=FAST)
     code, out, err = await arun("once", "-c", str(path), "--log-json")
     assert code == 0, err
     summary = orjson.loads(out)
     assert summary["accounts_ok"] == 4 and summary["interrupted"] is False
-    assert await count(fresh_dsn, "ig_account") == 4
+    assert await count(db_dsn, "ig_account") == 4
     assert all(a.access_token not in out + err for a in sim.accounts())
 
 
 async def test_once_exits_1_when_some_accounts_fail(
-        tmp_path: Path, fresh_dsn: str, start_simulator: fixtures_sim.StartSimulator) -> None:
+        tmp_path: Path, db_dsn: str, start_simulator: fixtures_sim.StartSimulator) -> None:
     sim = await start_simulator(accounts=4, media_per_account=5, world_knobs={"invalid_token_fraction": 0.5})
-    path = fixtures_sim.write_config(tmp_path, sim, fresh_dsn, sections=FAST)
+    path = fixtures_sim.write_config(tmp_path, sim, db_dsn, sections=FAST)
     code, out, err = await arun("once", "-c", str(path), "--log-json")
     assert code == 1, err
     summary = orjson.loads(out)
@@ -225,12 +189,12 @@ async def test_once_exits_1_when_some_accounts_fail(
 
 @pytest.mark.parametrize(("send", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 async def test_signal_during_once_flushes_and_exits_128_plus_signal(
-        tmp_path: Path, fresh_dsn: str, start_simulator: fixtures_sim.StartSimulator,
+        tmp_path: Path, db_dsn: str, start_simulator: fixtures_sim.StartSimulator,
         send: signal.Signals, expected: int) -> None:
     # Slow enough that the pass is still running when the signal comes.
     sim = await start_simulator(accounts=6, media_per_account=20, latency_ms=300,
                                 world_knobs={"invalid_token_fraction": 0.0})
-    path = fixtures_sim.write_config(tmp_path, sim, fresh_dsn, sections=FAST)
+    path = fixtures_sim.write_config(tmp_path, sim, db_dsn, sections=FAST)
     code, out, err = await arun("once", "-c", str(path), "--log-json", signal_after="pass_progress",
                                 send=send)
     assert code == expected, err
@@ -238,4 +202,4 @@ async def test_signal_during_once_flushes_and_exits_128_plus_signal(
     summary = orjson.loads(out)
     assert summary["accounts_ok"] < 6  # stopped early
     # What was fetched before the signal was written: every account's profile came first.
-    assert await count(fresh_dsn, "ig_account") == 6
+    assert await count(db_dsn, "ig_account") == 6
