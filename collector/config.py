@@ -22,7 +22,7 @@ import tomllib
 import types
 import typing
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from collector import catalogue, exceptions, models, redaction, settings
@@ -577,13 +577,3 @@ _STRING_CHECKS: dict[str, Callable[[_Loader, str, str], str]] = {
     "app.app_id": _check_app_id,
 }
 
-
-def iter_secrets(config: settings.Config) -> Iterable[models.Secret]:
-    """Every secret a config holds (for re-registration after a reload, and for tests)."""
-    for account in config.accounts:
-        yield account.access_token
-    if config.webhook is not None:
-        yield config.webhook.verify_token
-        yield config.webhook.app_secret
-    if config.app.app_secret is not None:
-        yield config.app.app_secret

@@ -56,6 +56,8 @@ def configure(*, level: str = "info", json: bool | None = None, stream: TextIO |
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=_isatty(out))
+        if _isatty(out):
+            renderer = _clearing_line(renderer)
 
     structlog.configure(
         processors=[*shared, renderer],
@@ -102,6 +104,16 @@ def _redact_value(value: object) -> object:
         return _redact_value(value.value)
     # Anything else (a yarl.URL, an exception instance) is rendered as text now, so it is redacted too.
     return redaction.redact(str(value))
+
+
+def _clearing_line(renderer: structlog.typing.Processor) -> structlog.typing.Processor:
+    """On a terminal, erase the current line first: a progress line being redrawn there
+    (`progress.ProgressDisplay`) is overwritten instead of having the log line glued to its end."""
+
+    def render(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
+        return "\r\x1b[2K" + str(renderer(logger, method_name, event_dict))
+
+    return render
 
 
 def _dumps(obj: Any, **kwargs: Any) -> str:
