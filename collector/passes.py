@@ -104,6 +104,8 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
                 if stop.is_set():
                     return
                 failed = await _collect_account(collector, account, now, stop)
+                if failed == INTERRUPTED:  # neither collected nor failed: the next pass does it
+                    return
                 if failed is not None:
                     summary.accounts_failed[account.ig_user_id] = failed
                 else:
@@ -136,12 +138,15 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
                 pending.cancel()
             await asyncio.gather(*workers, stopped, reporter, return_exceptions=True)
             await writer.flush()
-    summary.interrupted = stop.is_set() and done < summary.accounts_total
+    summary.interrupted = stop.is_set()
     summary.wall_s = time.monotonic() - started
     summary.read_counters(metrics)
     if on_progress is not None:
         on_progress(snapshot())
     return summary
+
+
+INTERRUPTED = "interrupted"
 
 
 async def _collect_account(collector: collect.Collector, account: models.Account, now: datetime,
@@ -150,11 +155,11 @@ async def _collect_account(collector: collect.Collector, account: models.Account
     status: str | None = None
     for job in PASS_JOBS:
         if stop.is_set():
-            return status or "interrupted"
+            return INTERRUPTED
         try:
             outcome = await collector.run_job(account, job, now)
         except exceptions.ShutdownRequested:
-            return "interrupted"
+            return INTERRUPTED
         if not outcome.ok:
             status = status or outcome.status
             if outcome.account_level:
