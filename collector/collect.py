@@ -237,6 +237,7 @@ class Collector:
         """Fetch insights for each media (bounded per account), then store the media rows with the time
         their insights were refreshed."""
         async def one(item: parsing.Media) -> None:
+            self._check_stop()  # a stop lets calls in flight finish but starts no new one
             if await self._media_insights(run, item):
                 await self._writer.add(models.Table.MEDIA, [_media_row(item, run, refreshed=True)])
             else:
