@@ -42,6 +42,18 @@ MEDIA_FIELDS = ("id", "media_type", "media_product_type", "timestamp", "permalin
 STORY_FIELDS = ("id", "media_type", "media_product_type", "timestamp", "permalink")
 PAGE_LIMIT = "100"
 STORY_LIFETIME = timedelta(hours=24)
+# A story this close to the end of its 24 h may expire between the /stories listing and its insights call;
+# Meta's error for an expired story is undocumented (reference §3.2), so any permanent answer then means
+# "expired", and nothing is learned about the STORY kind from it.
+STORY_EXPIRY_MARGIN = timedelta(hours=1)
+# Instagram lets an account pin up to 3 posts; they lead the /media listing whatever their age.
+MAX_PINNED = 3
+# follower_count: "only supports querying data for the last 30 days excluding the current day" (§2.4).
+FOLLOWER_COUNT_DAYS = 30
+# "An unknown error has occurred." is how Meta refuses a breakdown (§2.1); the transient code-1 fault says
+# "An unknown error occurred".
+_BREAKDOWN_REFUSED = re.compile(r"unknown error has occurred", re.IGNORECASE)
+_LAST_30_DAYS = re.compile(r"last \d+ days", re.IGNORECASE)
 
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
@@ -125,6 +137,9 @@ class Collector:
         self._series_only: set[str] = set()
         # The 30-day window rule as Meta enforces it; halved when Meta says a window is too long.
         self._window_s = pacific.MAX_WINDOW_S
+        # How many days back follower_count reaches; one less each time Meta refuses the oldest day (it may
+        # count its 30 days from now rather than from the Pacific day).
+        self._follower_count_days = FOLLOWER_COUNT_DAYS
 
     # ------------------------------------------------------------------ jobs
 
@@ -178,7 +193,9 @@ class Collector:
     async def _media(self, run: _Job, media_due: MediaDue | None) -> None:
         cutoff = run.now - timedelta(days=self._collect.media_max_age_days)
         refreshed = await queries.media_refresh_state(self._pool, run.user_id) if media_due else {}
+        listed = 0
         async for page in self._walk(run, "media", MEDIA_FIELDS):
+            listed += len(page)
             self._check_stop()
             recent = []
             for item in page:
@@ -197,9 +214,11 @@ class Collector:
             if not_due:
                 await self._writer.add(models.Table.MEDIA, not_due)
             # Media come newest first; a page that ends past the age limit ends the walk. Judging by the
-            # page's last item (not its first) keeps a pinned old post at the top from ending it early.
+            # page's last item (not its first), and never by one of the first MAX_PINNED items of the
+            # listing, keeps pinned old posts at the top from ending it early, even on tiny pages.
             last = parsing.media_item(page[-1]) if page else None
-            if last is not None and last.posted_at is not None and last.posted_at < cutoff:
+            if (last is not None and last.posted_at is not None and last.posted_at < cutoff
+                    and listed > MAX_PINNED):
                 break
 
     async def _stories(self, run: _Job) -> None:
@@ -258,13 +277,15 @@ class Collector:
         wanted = self._capabilities.usable(plan.metrics, *key)
         absent = _Absences("media", media.media_id, run.now, self._metrics)
         record = absent.add
+        expiring = plan.product == "STORY" and (
+            media.posted_at is None or run.now - media.posted_at >= STORY_LIFETIME - STORY_EXPIRY_MARGIN)
 
         for metric in self._capabilities.unsupported(*key) & set(plan.metrics):
             record(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this media type")
         try:
             items = await self._insights_dropping_unsupported(
-                run.account, str(media.media_id), wanted, params={}, key=key, record=record,
-                endpoint="media_insights")
+                run.account, str(media.media_id), wanted, params={}, key=() if expiring else key,
+                record=record, endpoint="media_insights")
         except exceptions.PreConversionMedia as exc:
             record("*", models.UnavailableReason.PRE_CONVERSION, str(exc))
             items = None
@@ -272,19 +293,24 @@ class Collector:
             record("*", models.UnavailableReason.NOT_ENOUGH_VIEWERS, str(exc))
             items = None
         except (exceptions.ObjectNotFound, exceptions.InvalidParameter) as exc:
-            if plan.product == "STORY" and media.posted_at is not None and (
-                    run.now - media.posted_at > STORY_LIFETIME):
+            if expiring:
                 record("*", models.UnavailableReason.STORY_EXPIRED, str(exc))
             else:
                 record("*", models.UnavailableReason.OBJECT_GONE, exc.describe())
             items = None
         except exceptions.GraphError as exc:
-            if account_failure_status(exc):
-                raise
-            run.failures.append(f"media {media.media_id}: {exc.describe()}")
-            log.warning("media_insights_failed", ig_user_id=run.account.ig_user_id, media_id=media.media_id,
-                        error=exc.describe())
-            return False
+            if expiring and _permanent(exc):
+                # Whatever Meta says about a story at the end of its life (code 10, 100, an unknown error)
+                # is about the story, not the account: never a failure that stops the account.
+                record("*", models.UnavailableReason.STORY_EXPIRED, exc.describe())
+                items = None
+            else:
+                if account_failure_status(exc):
+                    raise
+                run.failures.append(f"media {media.media_id}: {exc.describe()}")
+                log.warning("media_insights_failed", ig_user_id=run.account.ig_user_id,
+                            media_id=media.media_id, error=exc.describe())
+                return False
         if items is not None:
             values = parsing.parse_insight_items(items)
             rows = [models.MediaInsightRow(media.media_id, v.metric, v.breakdown, v.dimension, v.value,
@@ -369,7 +395,8 @@ class Collector:
         series = [m for m in self._catalogue.account_time_series()] + sorted(self._series_only)
         for metric in series:
             await self._account_series(run, metric, days, absent=absent, followers=followers)
-        follower_days = [d for d in days if d >= pacific.today(run.now) - timedelta(days=30)]
+        follower_days = [d for d in days
+                         if d >= pacific.today(run.now) - timedelta(days=self._follower_count_days)]
         if follower_days and catalogue.FOLLOWER_COUNT not in series:
             await self._account_series(run, catalogue.FOLLOWER_COUNT, follower_days, absent=absent,
                                        followers=followers)
@@ -408,6 +435,16 @@ class Collector:
             except exceptions.GraphError as exc:
                 if account_failure_status(exc):
                     raise
+                if (metric == catalogue.FOLLOWER_COUNT and isinstance(exc, exceptions.InvalidParameter)
+                        and _LAST_30_DAYS.search(str(exc))):
+                    # Meta's 30 days are shorter than ours: the oldest day is out of its reach.
+                    self._follower_count_days = max(1, min(self._follower_count_days,
+                                                           (pacific.today(run.now) - window[0]).days - 1))
+                    absent.add(metric, models.UnavailableReason.NO_DATA, str(exc),
+                               scope=pacific.day_end_utc(window[0]).isoformat())
+                    if len(window) > 1:
+                        pending.insert(0, window[1:])
+                    continue
                 run.failures.append(f"{metric} {window[0]}..{window[-1]}: {exc.describe()}")
                 continue
             values = [v for v in parsing.parse_insight_items(body.get("data") or ())
@@ -491,14 +528,16 @@ class Collector:
                         run.account, f"{run.account.ig_user_id}/insights",
                         {"metric": metric, "period": "lifetime", "metric_type": "total_value",
                          "timeframe": timeframe, "breakdown": breakdown}, endpoint="account_insights")
-                except (exceptions.UnsupportedMetric, exceptions.InvalidParameter) as exc:
-                    self._capabilities.learn([breakdown], "demographics", metric)
-                    record(metric, models.UnavailableReason.UNSUPPORTED, str(exc), scope)
-                    continue
                 except exceptions.GraphError as exc:
                     if account_failure_status(exc):
                         raise
-                    run.failures.append(f"{metric} by {breakdown}: {exc.describe()}")
+                    refused = isinstance(exc, exceptions.UnsupportedMetric | exceptions.InvalidParameter) or (
+                        isinstance(exc, exceptions.ServerError) and _BREAKDOWN_REFUSED.search(str(exc)))
+                    if not refused:
+                        run.failures.append(f"{metric} by {breakdown}: {exc.describe()}")
+                        continue
+                    self._capabilities.learn([breakdown], "demographics", metric)
+                    record(metric, models.UnavailableReason.UNSUPPORTED, str(exc), scope)
                     continue
                 values = [v for v in parsing.parse_insight_items(body.get("data") or ()) if v.breakdown]
                 rows.extend(models.AccountInsightRow(run.user_id, v.metric, timeframe, end, v.breakdown,
@@ -562,6 +601,15 @@ class Collector:
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise exceptions.ShutdownRequested()
+
+
+def _permanent(error: exceptions.GraphError) -> bool:
+    """Another try would get the same answer: not a throttle, a token problem, a transport fault or a 5xx."""
+    if isinstance(error, exceptions.Throttled | exceptions.TokenInvalid | exceptions.GraphTransportError):
+        return False
+    if isinstance(error, exceptions.ServerError):
+        return error.http_status is not None and error.http_status < 500 and not error.is_transient
+    return True
 
 
 def _scoped(absent: _Absences, scope: str, metric: str, reason: str, detail: str | None) -> None:

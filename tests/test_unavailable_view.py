@@ -30,7 +30,8 @@ async def test_media_reason_holds_until_a_later_refresh_drops_it(pool: asyncpg.P
             models.MediaRow(1, 9, "IMAGE", "STORY", T1, None, None, None, T2, T2)])
         await writer.add(models.Table.MEDIA_INSIGHT, [models.MediaInsightRow(1, "reach", "", "", 7, T2)])
     assert await current(pool) == set()
-    assert await pool.fetchval("SELECT count(*) FROM ig_unavailable") == 1  # the record of what happened stays
+    # The record of what happened stays in ig_unavailable itself.
+    assert await pool.fetchval("SELECT count(*) FROM ig_unavailable") == 1
 
 
 async def test_account_day_reason_holds_until_the_day_arrives(pool: asyncpg.Pool) -> None:
