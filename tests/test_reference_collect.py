@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from collector import config, metrics, passes
+from collector import config, metrics, pacific, passes
 from tests import fixtures_sim
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -50,13 +50,15 @@ class Proxy:
     session: aiohttp.ClientSession
     before: Before | None = None
     after: After | None = None
+    query: Callable[[web.Request], dict[str, str]] | None = None  # the query sent on to the simulator
     hits: list[tuple[str, dict[str, str]]] = dataclasses.field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.hits.append((request.path, dict(request.query)))
         if self.before is not None and (early := self.before(request)) is not None:
             return early
-        async with self.session.get(self.upstream + request.path, params=request.query) as response:
+        query = dict(request.query) if self.query is None else self.query(request)
+        async with self.session.get(self.upstream + request.path, params=query) as response:
             raw = await response.read()
             headers = {k: v for k, v in response.headers.items()
                        if k.lower() not in ("content-length", "content-type", "content-encoding",
@@ -212,3 +214,200 @@ async def test_odd_but_valid_shapes_store_exactly_what_the_plain_simulator_gives
     assert expected["media_insight"] and expected["account_insight"]
     for name in expected:
         assert got[name] == expected[name], name
+
+
+# -- windows: stricter readings of Meta's rules --------------------------------------------------------------
+
+def insights_of(request: web.Request, metric: str) -> bool:
+    return request.path.endswith("/insights") and metric in request.query.get("metric", "").split(",")
+
+
+async def test_follower_count_counted_from_now_drops_only_the_oldest_day(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """A fake may count follower_count's "last 30 days excluding the current day" back from now, not from
+    the Pacific day: the oldest day is refused; it is recorded, the other 29 are stored, no job fails, and
+    the second account does not repeat the refused call."""
+    sim = await frozen_sim(start_simulator, accounts=2, media_per_account=1, seed=43,
+                           world_knobs={"low_follower_fraction": 0.0})
+    proxy, via_proxy = await proxy_for(sim)
+    refused: list[str] = []
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        if insights_of(request, "follower_count") and int(request.query["since"]) < time_s() - 30 * 86400:
+            refused.append(request.query["since"])
+            return error(400, "(#100) (follower_count) metric only supports querying data for the last 30 "
+                              "days excluding the current day", 100)
+        return None
+
+    proxy.before = before
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool, account_backfill_days=31)
+    assert summary.exit_code == 0, summary.accounts_failed
+    assert len(refused) == 1
+    today = pacific.today(datetime.now(UTC))
+    expected_ends = {pacific.day_end_utc(today - timedelta(days=n)) for n in range(1, 30)}
+    for account in sim.world.accounts():
+        ends = {r["end_time"] for r in await pool.fetch(
+            "SELECT end_time FROM ig_account_insight WHERE ig_user_id = $1 AND metric = 'follower_count'",
+            int(account.ig_user_id))}
+        assert ends == expected_ends
+    oldest = await pool.fetch("SELECT object_id, reason FROM ig_unavailable WHERE metric = 'follower_count'")
+    assert [r["reason"] for r in oldest] == ["no_data"]
+
+
+def time_s() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+async def test_exactly_thirty_days_refused_still_collects_every_day(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """One team saw a window of exactly 30 days refused (reference §2.4): smaller windows, every day."""
+    sim = await frozen_sim(start_simulator, accounts=2, media_per_account=1, seed=44)
+    proxy, via_proxy = await proxy_for(sim)
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        query = request.query
+        if request.path.endswith("/insights") and "since" in query and "until" in query and \
+                int(query["until"]) - int(query["since"]) >= 30 * 86400 - 3600:
+            return error(400, "(#100) There cannot be more than 30 days (2592000 s) between since and until",
+                         100)
+        return None
+
+    proxy.before = before
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool, account_backfill_days=31)
+    assert summary.exit_code == 0, summary.accounts_failed
+    days = pacific.complete_days(datetime.now(UTC), 31)
+    for account in sim.world.accounts():
+        ends = {r["end_time"] for r in await pool.fetch(
+            "SELECT end_time FROM ig_account_insight WHERE ig_user_id = $1 AND metric = 'reach' "
+            "AND breakdown = ''", int(account.ig_user_id))}
+        assert ends >= {pacific.day_end_utc(d) for d in days}
+
+
+# -- media walk: pinned posts on a server that caps `limit` --------------------------------------------------
+
+async def test_pinned_old_posts_filling_a_capped_first_page_do_not_end_the_walk(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    sim = await frozen_sim(start_simulator, accounts=1, media_per_account=12, seed=45,
+                           world_knobs={"media_span_days": 135.0, "empty_page_fraction": 0.0})
+    account = sim.accounts()[0]
+    media = sim.world.media_of(account.ig_user_id)
+    cutoff = NOW - timedelta(days=90)
+    old = [m for m in media if m.timestamp < cutoff - timedelta(days=1)][:2]
+    recent = {m.media_id for m in media if m.timestamp > cutoff + timedelta(minutes=5)}
+    assert len(old) == 2 and len(recent) >= 4
+    proxy, via_proxy = await proxy_for(sim)
+    media_path = f"/v24.0/{account.ig_user_id}/media"
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        if request.path == media_path and "after" not in request.query:
+            # The first page holds only the two pinned (old) posts; Meta's listing goes on after them.
+            pinned = [{"id": m.media_id, "timestamp": m.timestamp.strftime("%Y-%m-%dT%H:%M:%S+0000"),
+                       "media_type": m.media_type} for m in old]
+            next_url = f"https://graph.instagram.com/v26.0{request.path[6:]}?limit=2&after=PINNED"
+            return web.json_response({"data": pinned, "paging": {"cursors": {"after": "PINNED"},
+                                                                 "next": next_url}})
+        return None
+
+    def query(request: web.Request) -> dict[str, str]:
+        sent = dict(request.query)
+        if request.path == media_path:
+            sent["limit"] = "2"  # the server caps `limit`
+            if sent.get("after") == "PINNED":
+                del sent["after"]
+        return sent
+
+    proxy.before, proxy.query = before, query
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
+    assert summary.exit_code == 0, summary.accounts_failed
+    stored = {str(r["media_id"]) for r in await pool.fetch(
+        "SELECT media_id FROM ig_media WHERE media_product_type IS DISTINCT FROM 'STORY'")}
+    assert stored == recent
+
+
+# -- stories at the end of their life ------------------------------------------------------------------------
+
+EXPIRED_STORY_ANSWERS = [
+    lambda: error(403, "(#10) Application does not have permission for this action", 10),
+    lambda: error(400, "Invalid parameter", 100),
+    lambda: error(400, "An unknown error has occurred.", 1),
+    lambda: error(400, "Unsupported get request. Object with ID '1' does not exist", 100, error_subcode=33),
+    lambda: error(400, "(#3) Application does not have the capability to make this API call.", 3),
+    lambda: error(400, "(#100) The Media Insights API does not support the reach, views, shares, "
+                       "total_interactions, reposts, follows, profile_visits, profile_activity, navigation, "
+                       "replies, total_views metric for this media product type.", 100),
+]
+
+
+async def test_any_permanent_error_on_an_expiring_story_is_story_expired_and_teaches_nothing(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """The error for a story that expired between /stories and its insights call is undocumented
+    (reference §3.2): whatever permanent answer comes, the story is recorded `story_expired`, the account
+    stays ok, and the STORY kind is not taught that its metrics are unsupported."""
+    sim = await frozen_sim(start_simulator, accounts=6, media_per_account=1, seed=46,
+                           world_knobs={"story_slot_s": 3600, "few_viewers_fraction": 0.0})
+    proxy, via_proxy = await proxy_for(sim)
+    expiring: dict[str, int] = {}
+
+    def after(request: web.Request, answer: Answer) -> None:
+        if request.path.endswith("/stories") and isinstance(answer.body, dict):
+            first = answer.body["data"][0]
+            first["timestamp"] = (NOW - timedelta(hours=23, minutes=30)).strftime("%Y-%m-%dT%H:%M:%S+0000")
+            expiring.setdefault(first["id"], len(expiring) % len(EXPIRED_STORY_ANSWERS))
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        story_id = request.path.split("/")[-2] if request.path.endswith("/insights") else None
+        if story_id in expiring:
+            return EXPIRED_STORY_ANSWERS[expiring[story_id]]()
+        return None
+
+    proxy.before, proxy.after = before, after
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
+    assert summary.exit_code == 0, summary.accounts_failed
+    assert len(expiring) == 6
+    reasons = {(str(r["object_id"]), r["metric"]): r["reason"] for r in await pool.fetch(
+        "SELECT object_id, metric, reason FROM ig_unavailable WHERE object_type = 'media'")}
+    for story_id, answer in expiring.items():
+        if answer == len(EXPIRED_STORY_ANSWERS) - 1:  # refused metrics: recorded per metric, not learned
+            assert reasons[(story_id, "reach")] == "unsupported_for_product_type"
+        else:
+            assert reasons[(story_id, "*")] == "story_expired", answer
+    others = {m.media_id for a in sim.accounts() for m in sim.world.stories_of(a.ig_user_id)} - set(expiring)
+    assert others, "the world must have live stories besides the expiring ones"
+    with_reach = {str(r["media_id"]) for r in await pool.fetch(
+        "SELECT media_id FROM ig_media_insight WHERE metric = 'reach' AND breakdown = ''")}
+    assert others <= with_reach  # nothing was learned from the expiring stories
+    states = await pool.fetch("SELECT job, last_error FROM collector_job_state WHERE job = 'stories'")
+    assert states and all(r["last_error"] is None for r in states)
+
+
+# -- demographics: a breakdown refused with "An unknown error has occurred." ---------------------------------
+
+async def test_demographics_breakdown_refused_with_unknown_error_is_recorded_not_failed(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    sim = await frozen_sim(start_simulator, accounts=3, media_per_account=1, seed=47,
+                           world_knobs={"low_follower_fraction": 0.0})
+    proxy, via_proxy = await proxy_for(sim)
+    refused: list[str] = []
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        if insights_of(request, "engaged_audience_demographics") and request.query.get("breakdown") == "city":
+            refused.append(request.path)
+            return error(400, "An unknown error has occurred.", 1)
+        return None
+
+    proxy.before = before
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
+    assert summary.exit_code == 0, summary.accounts_failed
+    # Retried as a possibly transient code 1 (3 tries), then learned; the 3 accounts ran at once.
+    assert 1 <= len(refused) <= 3 * 3
+    rows = await pool.fetch("SELECT object_id, reason FROM ig_unavailable WHERE metric = "
+                            "'engaged_audience_demographics' AND scope = 'this_month:city'")
+    assert {r["reason"] for r in rows} == {"unsupported_for_product_type"}
+    cities = await pool.fetchval("SELECT count(*) FROM ig_account_insight WHERE metric = "
+                                 "'follower_demographics' AND breakdown = 'city'")
+    assert cities > 0
