@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
@@ -130,8 +131,22 @@ class GraphClient:
         """
         query: dict[str, str] = dict(params or {})
         seen: set[tuple[tuple[str, str], ...]] = set()
+        reduced = False
         while True:
-            body = await self.get(account, path, query, endpoint=endpoint)
+            try:
+                body = await self.get(account, path, query, endpoint=endpoint)
+            except exceptions.ServerError as exc:
+                # "Please reduce the amount of data you're asking for, then retry your request" (code 1,
+                # reference §7.1): the same request keeps failing; the same cursor with half the limit
+                # may not.
+                limit = query.get("limit", "")
+                if not _REDUCE_DATA.search(str(exc)) or not limit.isdigit() or int(limit) <= 1:
+                    raise
+                query["limit"] = str(int(limit) // 2)
+                reduced = True
+                _log.warning("graph_page_limit_reduced", account=account.ig_user_id, path=path,
+                             limit=query["limit"], endpoint=endpoint)
+                continue
             data = body.get("data")
             if not isinstance(data, list):
                 raise exceptions.GraphTransportError(
@@ -140,6 +155,8 @@ class GraphClient:
             next_query = _next_query(body)
             if next_query is None:
                 return
+            if reduced:  # Meta's `next` repeats the limit that was too much
+                next_query.pop("limit", None)
             query = {**query, **next_query}
             fingerprint = tuple(sorted(query.items()))
             if fingerprint in seen:
@@ -277,6 +294,9 @@ class GraphClient:
             self._version_logged.add(host)
             _log.warning("graph_version_mismatch", host=host, requested=self._settings.api_version,
                          served=served)
+
+
+_REDUCE_DATA = re.compile(r"reduce the amount of data", re.IGNORECASE)
 
 
 def _next_query(body: Mapping[str, Any]) -> dict[str, str] | None:

@@ -151,3 +151,31 @@ async def test_200_that_is_not_an_object_is_retried_then_fails_token_free(
             await client.get(ACCOUNT_A, "1001/media", endpoint="media")
     assert len(server.paths(path)) == 3
     assert_token_free(exception_text(caught.value))
+
+
+async def test_reduce_the_amount_of_data_halves_the_page_limit_and_keeps_the_cursor(
+        fake: tuple[FakeGraph, str]) -> None:
+    server, base = fake
+    path = "/v24.0/1001/media"
+    too_much = "Please reduce the amount of data you're asking for, then retry your request"
+    meta_next = "https://graph.instagram.com/v26.0/1001/media?limit=100&after=c1&fields=id"
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        if int(request.query["limit"]) > 25:
+            return web.json_response({"error": {"message": too_much, "code": 1, "type": "OAuthException"}},
+                                     status=500)
+        if request.query.get("after") == "c1":
+            return web.json_response({"data": [{"id": "3"}]})
+        return web.json_response({"data": [{"id": "1"}, {"id": "2"}], "paging": {"next": meta_next}})
+
+    server.on(path, *(page for _ in range(20)))
+    rig = make_rig(server, base, max_attempts=2, base_delay_s=0.01)
+    pages = []
+    async with rig.client as client:
+        async for items in client.pages(ACCOUNT_A, "1001/media", {"fields": "id", "limit": "100"},
+                                        endpoint="media"):
+            pages.append([item["id"] for item in items])
+    assert pages == [["1", "2"], ["3"]]
+    limits = [hit.query["limit"] for hit in server.paths(path)]
+    assert limits == ["100", "100", "50", "50", "25", "25"]  # 2 tries per size, then the cursor at 25
+    assert server.paths(path)[-1].query["after"] == "c1"
