@@ -382,6 +382,12 @@ async def test_any_permanent_error_on_an_expiring_story_is_story_expired_and_tea
     assert others <= with_reach  # nothing was learned from the expiring stories
     states = await pool.fetch("SELECT job, last_error FROM collector_job_state WHERE job = 'stories'")
     assert states and all(r["last_error"] is None for r in states)
+    details = " ".join(str(r[0]) for r in await pool.fetch(
+        "SELECT detail FROM ig_unavailable UNION ALL SELECT status_detail FROM ig_account "
+        "UNION ALL SELECT last_error FROM collector_job_state"))
+    assert "story_expired" in str(reasons.values()) and details
+    for account in sim.accounts():
+        assert account.access_token not in details  # token hygiene of everything an error wrote
 
 
 # -- demographics: a breakdown refused with "An unknown error has occurred." ---------------------------------
