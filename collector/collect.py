@@ -81,10 +81,10 @@ class _Job:
     account: models.Account
     now: datetime
     failures: list[str] = field(default_factory=list)
+    user_id: int = field(init=False)  # the account id as stored (bigint); put in every row
 
-    @property
-    def user_id(self) -> int:
-        return int(self.account.ig_user_id)
+    def __post_init__(self) -> None:
+        self.user_id = int(self.account.ig_user_id)
 
 
 @dataclass(slots=True)
@@ -137,6 +137,11 @@ class Collector:
         self._series_only: set[str] = set()
         # The 30-day window rule as Meta enforces it; halved when Meta says a window is too long.
         self._window_s = pacific.MAX_WINDOW_S
+        # Capability keys whose first call is over: later calls skip `Capabilities.first_call` (an async
+        # context manager per call) since it would let them through at once anyway.
+        self._probed: set[tuple[str, ...]] = set()
+        # The catalogue is fixed for the process: one plan per (login, product type, media type).
+        self._plans: dict[tuple[str, str | None, str | None], catalogue.MediaPlan] = {}
         # How many days back follower_count reaches; one less each time Meta refuses the oldest day (it may
         # count its 30 days from now rather than from the Pacific day).
         self._follower_count_days = FOLLOWER_COUNT_DAYS
@@ -267,9 +272,16 @@ class Collector:
     async def _media_insights(self, run: _Job, media: parsing.Media) -> bool:
         """Insights of one media. True when Meta's answer is settled (values stored or recorded as
         unavailable); False when the call failed for now (retried on the next refresh)."""
-        plan = self._catalogue.media_plan(run.account.login, media.media_product_type, media.media_type)
-        async with self._capabilities.first_call(*plan.key):
+        kind = (run.account.login, media.media_product_type, media.media_type)
+        plan = self._plans.get(kind)
+        if plan is None:
+            plan = self._plans[kind] = self._catalogue.media_plan(*kind)
+        if plan.key in self._probed:
             return await self._media_insights_of_kind(run, media, plan)
+        async with self._capabilities.first_call(*plan.key):
+            settled = await self._media_insights_of_kind(run, media, plan)
+        self._probed.add(plan.key)
+        return settled
 
     async def _media_insights_of_kind(self, run: _Job, media: parsing.Media,
                                       plan: catalogue.MediaPlan) -> bool:
@@ -280,7 +292,8 @@ class Collector:
         expiring = plan.product == "STORY" and (
             media.posted_at is None or run.now - media.posted_at >= STORY_LIFETIME - STORY_EXPIRY_MARGIN)
 
-        for metric in self._capabilities.unsupported(*key) & set(plan.metrics):
+        refused = self._capabilities.unsupported(*key)
+        for metric in refused & set(plan.metrics) if refused else ():
             record(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this media type")
         try:
             items = await self._insights_dropping_unsupported(
@@ -463,8 +476,13 @@ class Collector:
     async def _account_day_totals(self, run: _Job, day: date, *, absent: _Absences,
                                   followers: int | None) -> None:
         """Every total-value metric for one Pacific day, in one call: Meta gives one total per window."""
-        async with self._capabilities.first_call("account", run.account.login):
+        key = ("account", run.account.login)
+        if key in self._probed:
             await self._account_day_totals_call(run, day, absent=absent, followers=followers)
+            return
+        async with self._capabilities.first_call(*key):
+            await self._account_day_totals_call(run, day, absent=absent, followers=followers)
+        self._probed.add(key)
 
     async def _account_day_totals_call(self, run: _Job, day: date, *, absent: _Absences,
                                        followers: int | None) -> None:
@@ -624,17 +642,27 @@ def _media_row(media: parsing.Media, run: _Job, *, refreshed: bool = False) -> m
 
 async def _bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:
     """Run `work` for every item, at most `limit` at once; the first error cancels the rest and is raised
-    as itself (not an ExceptionGroup)."""
-    gate = asyncio.Semaphore(max(1, limit))
+    as itself (not an ExceptionGroup).
 
-    async def one(item: T) -> None:
-        async with gate:
+    `limit` workers take the items in turn, rather than a task per item behind a semaphore: a task and a
+    semaphore round per media or day cost ~10 % of the collector's CPU (docs/benchmarks.md).
+    """
+    queue = list(items)
+    count = min(max(1, limit), len(queue))
+    if count <= 1:
+        for item in queue:
+            await work(item)
+        return
+    pending = iter(queue)
+
+    async def worker() -> None:
+        for item in pending:
             await work(item)
 
     try:
         async with asyncio.TaskGroup() as group:
-            for item in items:
-                group.create_task(one(item))
+            for _ in range(count):
+                group.create_task(worker())
     except BaseExceptionGroup as errors:
         first = errors.exceptions[0]
         for error in errors.exceptions:  # an account-level Graph error outranks whatever else failed

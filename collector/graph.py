@@ -6,17 +6,24 @@ only in the `access_token` query parameter: they are registered with `redaction`
 messages never contain a query string, and a foreign exception whose text holds the token is replaced by
 a redacted copy before it is chained.
 
-Call path: `Throttle.slot` (pauses, pacing, limiters) -> semaphore (tasks in flight <= connector limit,
+Call path: `Throttle.acquire` (pauses, pacing, limiters) -> semaphore (tasks in flight <= connector limit,
 limits.md) -> HTTP -> usage headers -> decode or classify -> retry policy.
+
+Each request's URL is built here once, already percent-encoded, as a `yarl.URL.build(..., encoded=True)`
+from parts cached per host: handing aiohttp a base URL plus a `params` dict made yarl parse and re-quote
+every URL, ~30 µs a call (docs/benchmarks.md). The built URL holds the token; it is never logged, and error
+messages name only the token-free `where` (scheme, host, path).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import random
 import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import Any
@@ -35,6 +42,44 @@ _log = structlog.get_logger("collector.graph")
 _VERSION_HEADER = "facebook-api-version"
 _USER_AGENT = "ig-insights-collector/0.1"
 _SECRET_PARAMS = ("client_secret", "fb_exchange_token", "input_token")  # token-endpoint params to mask
+# Characters sent as they are in a path or query value; anything else is percent-encoded. Ids, metric lists,
+# epoch seconds, field lists and Meta's tokens are all made of these, so quoting is almost never needed.
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.~,\-]*")
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_.~,\-/]*")
+
+
+class _Target:
+    """Where the requests to one base URL go (versioned or not): its URL parts, parsed once."""
+
+    __slots__ = ("authority", "path_prefix", "scheme", "where_prefix")
+
+    def __init__(self, base_url: str, version: str | None) -> None:
+        base_url = base_url.rstrip("/")
+        base = yarl.URL(base_url)
+        self.scheme = base.scheme
+        self.authority = base.raw_authority
+        prefix = base.raw_path.rstrip("/")
+        self.path_prefix = f"{prefix}/{version}/" if version else f"{prefix}/"
+        self.where_prefix = f"{base_url}/{version}/" if version else f"{base_url}/"
+
+    def url(self, path: str, query: Mapping[str, str]) -> yarl.URL:
+        path = path.lstrip("/")
+        if not _PLAIN_PATH.fullmatch(path):
+            path = urllib.parse.quote(path, safe="/")
+        return yarl.URL.build(scheme=self.scheme, authority=self.authority, path=self.path_prefix + path,
+                              query_string=encode_query(query), encoded=True)
+
+
+def encode_query(query: Mapping[str, str]) -> str:
+    """`query` as an encoded query string (`a=1&b=x%20y`); plain values skip quote() altogether."""
+    return "&".join(f"{_quote(key)}={_quote(value)}" for key, value in query.items())
+
+
+@functools.lru_cache(maxsize=65536)
+def _quote(text: str) -> str:
+    """Cached: metric lists, windows, field lists and tokens repeat call after call (a str hash is cached
+    in the str, so a hit costs less than the regex). Holds tokens in memory only, like the session does."""
+    return text if _PLAIN_VALUE.fullmatch(text) else urllib.parse.quote(text, safe="")
 
 
 class _State(enum.Enum):
@@ -60,6 +105,7 @@ class GraphClient:
         self._known_tokens: set[str] = set()
         self._version_logged: set[str] = set()
         self._ok_calls: dict[str, Any] = {}  # endpoint -> graph_calls child for 200 (hot path)
+        self._targets: dict[tuple[str, bool], _Target] = {}  # (base URL, versioned) -> parsed parts
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -174,24 +220,24 @@ class GraphClient:
         if self._state is not _State.OPENED:
             raise RuntimeError(f"GraphClient is {self._state.value}; use it inside `async with`")
         host = self._settings.base_url(login)
-        url = self._url(login, path, versioned=versioned)
-        query = dict(params or {})
+        target = self._targets.get((host, versioned)) or self._target(host, versioned)
+        where = target.where_prefix + path.lstrip("/")  # token-free: what messages and logs may name
+        query = dict(params) if params else {}
         if token:
             secret = token.reveal()
             if secret not in self._known_tokens:
                 self._known_tokens.add(secret)
                 redaction.register_secret(secret)
             query["access_token"] = secret
-        metric_param = query.get("metric")
-        requested = metric_param.split(",") if metric_param else None
+        url = target.url(path, query)
         transient_failures = 0
         throttle_failures = 0
         while True:
             if self._state is not _State.OPENED:  # closed while this call waited to (re)try
                 raise RuntimeError(f"GraphClient is {self._state.value}; the call was abandoned")
-            async with self._throttle.slot(host, account_id):
-                error, body = await self._send(url, query, host=host, account_id=account_id,
-                                               endpoint=endpoint, versioned=versioned, requested=requested)
+            await self._throttle.acquire(host, account_id)
+            error, body = await self._send(url, where, query, host=host, account_id=account_id,
+                                           endpoint=endpoint, versioned=versioned)
             if error is None:
                 return body
             if self._state is not _State.OPENED:  # closed during the call: no retry
@@ -229,20 +275,21 @@ class GraphClient:
                 continue
             raise error
 
-    async def _send(self, url: str, query: dict[str, str], *, host: str, account_id: str | None,
-                    endpoint: str, versioned: bool,
-                    requested: list[str] | None) -> tuple[exceptions.GraphError | None, dict[str, Any]]:
-        """One HTTP exchange: (None, body) on success, else (error, {})."""
+    async def _send(self, url: yarl.URL, where: str, query: Mapping[str, str], *, host: str,
+                    account_id: str | None, endpoint: str,
+                    versioned: bool) -> tuple[exceptions.GraphError | None, dict[str, Any]]:
+        """One HTTP exchange of `url` (token inside; `where` names it in messages): (None, body) on
+        success, else (error, {})."""
         assert self._session is not None and self._in_flight is not None  # guaranteed by the OPENED state
         async with self._in_flight:
             started = time.perf_counter()
             try:
-                async with self._session.get(url, params=query) as response:
+                async with self._session.get(url) as response:
                     raw = await response.read()
                     status = response.status
                     headers = response.headers
             except (aiohttp.ClientError, TimeoutError) as exc:
-                failure = exceptions.GraphTransportError(f"GET {url}: {_describe(exc)}")
+                failure = exceptions.GraphTransportError(f"GET {where}: {_describe(exc)}")
                 failure.__cause__ = _scrubbed(exc)
                 self._count(endpoint, "transport", None)
                 return failure, {}
@@ -258,7 +305,7 @@ class GraphClient:
             except orjson.JSONDecodeError:
                 self._count(endpoint, str(status), None)
                 return exceptions.GraphTransportError(
-                    f"GET {url}: HTTP {status} with an unreadable body (not JSON, or truncated)",
+                    f"GET {where}: HTTP {status} with an unreadable body (not JSON, or truncated)",
                     http_status=status), {}
             if isinstance(decoded, dict) and not isinstance(decoded.get("error"), dict):
                 child = self._ok_calls.get(endpoint)
@@ -270,15 +317,21 @@ class GraphClient:
             if not isinstance(decoded, dict):
                 self._count(endpoint, str(status), None)
                 return exceptions.GraphTransportError(
-                    f"GET {url}: HTTP {status} with a JSON {type(decoded).__name__}, not an object",
+                    f"GET {where}: HTTP {status} with a JSON {type(decoded).__name__}, not an object",
                     http_status=status), {}
+        metric_param = query.get("metric")  # split only here: the metrics a refusal may name
         error = graph_errors.classify(status, decoded if decoded is not None else raw, regain_s=regain_s,
-                                      requested_metrics=requested,
+                                      requested_metrics=metric_param.split(",") if metric_param else None,
                                       www_authenticate=headers.get("WWW-Authenticate"))
         self._count(endpoint, str(status), error.code)
         return error, {}
 
     # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _target(self, host: str, versioned: bool) -> _Target:
+        version = self._settings.api_version if versioned else None
+        target = self._targets[(host, versioned)] = _Target(host, version)
+        return target
 
     def _url(self, login: models.Login, path: str, *, versioned: bool) -> str:
         base = self._settings.base_url(login).rstrip("/")

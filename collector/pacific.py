@@ -7,6 +7,7 @@ ends the day, in UTC (07:00Z in summer, 08:00Z in winter) — reference §9. A d
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -22,11 +23,15 @@ def today(now: datetime) -> date:
     return now.astimezone(PACIFIC).date()
 
 
+# A pass asks for the same ~31 days for every account (two zoneinfo conversions per call, 2 % of the
+# collector's CPU before): memoised. Dates are immutable, the results aware and immutable too.
+@functools.lru_cache(maxsize=1024)
 def day_start_utc(day: date) -> datetime:
     """The Pacific midnight that starts `day`, in UTC."""
     return datetime.combine(day, time(0), tzinfo=PACIFIC).astimezone(UTC)
 
 
+@functools.lru_cache(maxsize=1024)
 def day_end_utc(day: date) -> datetime:
     """The Pacific midnight that ends `day`, in UTC: the `end_time` Meta gives the day's value."""
     return day_start_utc(day + timedelta(days=1))

@@ -213,16 +213,22 @@ class Throttle:
             # when the call is about to leave. Reserved first, a call that queued behind the limiter while
             # the usage headers climbed would still go at the faster rate of when it started waiting
             # (measured: up to `media_concurrency_per_account` calls past the slow-down, and a block).
+            waited = False
             if account is not None and account.limiter is not None:
                 await account.limiter.acquire()
                 now = self._clock()
+                waited = True
             pacing_s = app.reserve(now)
             if account is not None:
                 pacing_s = max(pacing_s, account.reserve(now))
             if pacing_s > 0:
                 await asyncio.sleep(pacing_s)
+                waited = True
             if app.limiter is not None:
                 await app.limiter.acquire()
+                waited = True
+            if not waited:  # nothing yielded to the loop since the pause check: no pause can have begun
+                return
             # A pause may have begun while this task waited for pacing or limiters.
             now = self._clock()
             if app.paused_until <= now and (account is None or account.paused_until <= now):
