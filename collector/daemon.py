@@ -60,6 +60,7 @@ EXIT_OK = 0
 EXIT_FATAL = 3
 GAUGE_INTERVAL_S = 5.0
 TOKEN_CHECK_MAX_S = 3600.0
+RELOAD_STATE_TIMEOUT_S = 5.0  # a reload reading state while the database is down falls back to memory
 # Settings read once at start; a reload that changes them is reported, and they take effect on restart.
 RESTART_ONLY = ("database", "graph", "rate_limit", "retry", "http", "webhook", "state_dir", "log")
 
@@ -113,6 +114,7 @@ class Daemon:
         self._tokens = tokens.TokenStore(cfg.state_dir)
         self._freshness: dict[str, object] = {}
         self._pool: asyncpg.Pool | None = None
+        self._health_pool: asyncpg.Pool | None = None
         self._client: graph.GraphClient | None = None
         self._writer: storage_writer.Writer | None = None
         self._collector: collect.Collector | None = None
@@ -128,13 +130,19 @@ class Daemon:
             cfg = self._config
             database = await db.open_database(cfg.database, state_dir=cfg.state_dir)
             async with database:
-                self._pool = database.pool
-                applied = await database.migrate()
-                if applied:
-                    log.info("migrations_applied", names=applied)
-                self._states = await status.load_job_states(database.pool)
-                self._schedule_all(self._clock())
-                return await self._run_with(database.pool)
+                # /healthz gets a one-connection pool of its own: through the shared pool a writer and
+                # workers holding every connection for longer than the probe's timeout would read as
+                # "database down".
+                health = await db.open_database(dataclasses.replace(cfg.database, pool_max_size=1),
+                                                state_dir=cfg.state_dir)
+                async with health:
+                    self._pool, self._health_pool = database.pool, health.pool
+                    applied = await database.migrate()
+                    if applied:
+                        log.info("migrations_applied", names=applied)
+                    self._states = await status.load_job_states(database.pool)
+                    self._schedule_all(self._clock())
+                    return await self._run_with(database.pool)
         finally:
             self._uninstall_signals(loop)
 
@@ -142,25 +150,33 @@ class Daemon:
         cfg = self._config
         throttle = ratelimit.Throttle(cfg.rate_limit, self.metrics)
         policy = retry.RetryPolicy(cfg.retry, pause_cap_s=cfg.rate_limit.pause_cap_s)
-        async with graph.GraphClient(cfg.graph, throttle, policy, self.metrics) as client, \
-                storage_writer.Writer(pool, metrics=self.metrics) as writer:
-            self._client, self._writer = client, writer
-            self._collector = collect.Collector(cfg, client, writer, pool, self.metrics, stop=self._stop)
-            servers = self._http_servers(writer)
-            started: list[httpserver.HttpServer] = []
+        writer = storage_writer.Writer(pool, buffer_max_rows=max(1, cfg.database.writer_buffer_max_rows),
+                                       metrics=self.metrics)
+        async with graph.GraphClient(cfg.graph, throttle, policy, self.metrics) as client:
+            writer.start()
             try:
-                for server in servers:
-                    await server.start()
-                    started.append(server)
-                code = await self._supervise()
+                self._client, self._writer = client, writer
+                self._collector = collect.Collector(cfg, client, writer, pool, self.metrics, stop=self._stop)
+                code = await self._serve_http(writer)
             finally:
-                for server in reversed(started):
-                    await server.stop()
                 self._notifier.status("flushing")
-            # Leaving the `async with`: the writer's close flushes everything fetched (shielded), then
-            # the Graph session closes, then (in serve) the pool.
-        log.info("daemon_stopped", exit_code=code)
+                # Everything fetched is committed before the Graph session and then (in serve) the pool
+                # close, even if this task is cancelled meanwhile.
+                await _close_writer(writer)
+        log.info("daemon_stopped", exit_code=code, rows_unwritten=writer.buffered_rows,
+                 rows_written=int(self.metrics.total(self.metrics.rows_written)))
         return code
+
+    async def _serve_http(self, writer: storage_writer.Writer) -> int:
+        started: list[httpserver.HttpServer] = []
+        try:
+            for server in self._http_servers(writer):
+                await server.start()
+                started.append(server)
+            return await self._supervise()
+        finally:
+            for server in reversed(started):
+                await server.stop()
 
     async def _supervise(self) -> int:
         code = EXIT_OK
@@ -359,10 +375,12 @@ class Daemon:
         self._apply_tokens()
         for ig_user_id in removed:
             for job in models.Job:
+                # Their state stays known: an account put back later resumes instead of starting over.
                 self._due.pop((ig_user_id, job), None)
-                self._states.pop((ig_user_id, job), None)
+        if added:
+            await self._reload_states(added)
         for ig_user_id in added:
-            self._schedule_account(ig_user_id, now)  # no state: due at once
+            self._schedule_account(ig_user_id, self._clock())  # no state at all: due at once
         if old.schedule != new.schedule:
             self._schedule_all(now)  # re-derive every due time under the new schedule
         if old.collect != new.collect and self._client and self._writer and self._pool:
@@ -372,6 +390,25 @@ class Daemon:
         log.info("config_reloaded", accounts=len(after), added=len(added), removed=len(removed),
                  tokens_changed=len(tokens_changed))
         self._notifier.ready(self._status_line())
+
+    async def _reload_states(self, ig_user_ids: list[str]) -> None:
+        """Re-read the stored state of accounts (re-)added by a reload: one collected before (this run,
+        another run, `ig-collector once`) resumes its schedule instead of being treated as new. The newer
+        of the stored and the in-memory state wins (the writer may not have committed the latest yet)."""
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(RELOAD_STATE_TIMEOUT_S):
+                stored = await status.load_job_states(pool, ig_user_ids)
+        except (exceptions.StorageError, TimeoutError) as exc:
+            log.warning("reload_state_unreadable", accounts=len(ig_user_ids), error=str(exc) or "timeout",
+                        using="the state in memory")
+            return
+        for key, state in stored.items():
+            known = self._states.get(key)
+            if known is None or _attempted(state) >= _attempted(known):
+                self._states[key] = state
 
     def _apply_tokens(self) -> None:
         self._accounts = {i: self._tokens.effective(a) for i, a in self._configured.items()}
@@ -471,6 +508,10 @@ class Daemon:
         return self._pool
 
     @property
+    def health_pool(self) -> asyncpg.Pool | None:
+        return self._health_pool
+
+    @property
     def freshness(self) -> Mapping[str, object]:
         return self._freshness
 
@@ -485,7 +526,7 @@ class _Health:
         self._daemon = daemon
 
     async def database_ok(self) -> bool:
-        pool = self._daemon.pool
+        pool = self._daemon.health_pool
         return pool is not None and await httpserver.ping_database(pool)
 
     def freshness(self) -> Mapping[str, object]:
@@ -500,6 +541,28 @@ def _refresh_call(client: graph.GraphClient) -> tokens.RefreshCall:
             versioned=False)
         return body
     return call
+
+
+def _attempted(state: scheduler.JobState) -> datetime:
+    return state.last_attempt_at or state.last_success_at or datetime.min.replace(tzinfo=UTC)
+
+
+async def _close_writer(writer: storage_writer.Writer) -> None:
+    """Close the writer (its final flush) and wait for it even when this task is cancelled meanwhile: a
+    cancelled wait would let the pool close under the flush. The cancellation is re-raised afterwards."""
+    closing = asyncio.ensure_future(writer.close())
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            if closing.cancelled():
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

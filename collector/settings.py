@@ -16,6 +16,9 @@ class DatabaseSettings:
     embedded_dir: Path = Path(".state/postgres")
     pool_max_size: int = 4
     connect_timeout_s: float = 10.0
+    # Rows fetched but not yet committed that the daemon's writer holds (e.g. while PostgreSQL is down)
+    # before collection pauses (backpressure).
+    writer_buffer_max_rows: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """The real daemon (`python -m collector run`) as a subprocess, against the simulator over HTTP and a real
 PostgreSQL, with the schedule compressed to seconds by its config.
 
-Each test gets its own database on the TEST_DATABASE_URL server. The PostgreSQL outage is real from the
-daemon's side: it reaches the database through a TCP relay that the test cuts (every connection reset,
-new ones refused) and restores.
+Each test gets its own database on the TEST_DATABASE_URL server, except the outage test: it runs its own
+embedded PostgreSQL (pgserver) and stops and restarts it under the running daemon. What the daemon stored
+is compared with the simulator's world (the values it serves), as tests/test_collect.py does for one pass.
 """
 
 from __future__ import annotations
@@ -11,55 +11,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import orjson
 import pytest
-from aiohttp import web
 from prometheus_client import parser
 
-from collector.simulator import api, server
+from collector import catalogue, pacific
 from collector.simulator import world as world_mod
+from tests import fixtures_db, fixtures_sim
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/test")
 JOBS = {"profile", "media", "stories", "account_insights", "demographics"}
-
+BACKFILL_DAYS = 3
+MEDIA_MAX_AGE_DAYS = 30
+GRACE_S = 3.0
+WORLD = {"invalid_token_fraction": 0.0, "history_days": 60}
 
 # ---------------------------------------------------------------------------------------- fixtures
-
-
-@dataclass
-class Sim:
-    url: str
-    world: world_mod.World
-    accounts: list[world_mod.SimAccount]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Sim]:
-    world = world_mod.World(7, 6, 12, invalid_token_fraction=0.0, history_days=60)
-    # Tokens may be refreshed at any age here, so the daemon's first refresh happens in the test.
-    app = server.make_app(world, api.Options(refresh_min_age_s=0.0))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield Sim(f"http://127.0.0.1:{port}", world, list(world.accounts()))
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
@@ -75,50 +61,6 @@ async def database() -> AsyncIterator[str]:
         await admin.close()
 
 
-class Relay:
-    """A TCP relay in front of PostgreSQL that can be cut (connections reset, new ones refused)."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for w in list(self._writers):
-            w.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,9 +71,9 @@ def free_port() -> int:
 class Setup:
     dir: Path
     dsn: str
-    sim: Sim
+    sim: fixtures_sim.RunningSimulator
     http_port: int = field(default_factory=free_port)
-    extra: str = ""
+    extra: str = ""  # more keys for [database] (the last section written before [http])
 
     @property
     def config(self) -> Path:
@@ -145,26 +87,27 @@ class Setup:
         lines = ["ig_user_id,login,access_token"]
         lines += [f"{a.ig_user_id},{a.login},{a.access_token}" for a in accounts]
         self.accounts_csv.write_text("\n".join(lines) + "\n")
+        # Rate limits off (the throttling tests cover them): the schedule, not pacing, sets the pace here.
         self.config.write_text(f"""
 accounts_file = "accounts.csv"
 state_dir = "state"
 
-[database]
-url = "{self.dsn}"
-connect_timeout_s = 3.0
-
 [graph]
-instagram_base_url = "{self.sim.url}"
-facebook_base_url = "{self.sim.url}"
+instagram_base_url = "{self.sim.base_url}"
+facebook_base_url = "{self.sim.base_url}"
 request_timeout_s = 5.0
+
+[rate_limit]
+app_calls_per_s = 0
+account_calls_per_s = 0
 
 [retry]
 base_delay_s = 0.05
 max_delay_s = 0.5
 
 [collect]
-account_backfill_days = 3
-media_max_age_days = 30
+account_backfill_days = {BACKFILL_DAYS}
+media_max_age_days = {MEDIA_MAX_AGE_DAYS}
 max_concurrent_accounts = 4
 
 [schedule]
@@ -173,17 +116,21 @@ stories_interval_s = 2.0
 profile_interval_s = 2.0
 demographics_interval_s = 3.0
 tick_s = 0.1
-shutdown_grace_s = 5.0
+shutdown_grace_s = {GRACE_S}
 token_refresh_after_days = 7.0
-job_retry_base_s = 1.0
-
-[http]
-listen = "127.0.0.1:{self.http_port}"
+job_retry_base_s = 0.5
 
 [log]
 level = "info"
 json = true
+
+[database]
+url = "{self.dsn}"
+connect_timeout_s = 2.0
 {self.extra}
+
+[http]
+listen = "127.0.0.1:{self.http_port}"
 """)
 
 
@@ -228,17 +175,17 @@ class DaemonProcess:
                 cwd=ROOT, env=env, stdout=out, stderr=out)
         await until(lambda: self.logged("daemon_ready"), 20, self)
 
-    def events(self) -> list[dict[str, object]]:
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
         out = []
         for line in self.log.read_bytes().splitlines():
             with contextlib.suppress(orjson.JSONDecodeError):
                 event = orjson.loads(line)
-                if isinstance(event, dict):
+                if isinstance(event, dict) and (name is None or event.get("event") == name):
                     out.append(event)
         return out
 
-    def logged(self, event: str) -> bool:
-        return any(e.get("event") == event for e in self.events())
+    def logged(self, event: str, times: int = 1) -> bool:
+        return len(self.events(event)) >= times
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -256,6 +203,13 @@ class DaemonProcess:
     def tail(self) -> str:
         return self.log.read_text()[-4000:] if self.log.exists() else ""
 
+    def stopped_cleanly(self) -> dict[str, Any]:
+        """The daemon_stopped event; asserts the writer committed everything it accepted."""
+        [stopped] = self.events("daemon_stopped")
+        assert stopped["exit_code"] == 0
+        assert stopped["rows_unwritten"] == 0, stopped
+        return stopped
+
 
 async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float,
                 daemon: DaemonProcess | None = None) -> None:
@@ -270,11 +224,18 @@ async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: floa
             pytest.fail(f"daemon exited {daemon.proc.returncode}:\n{daemon.tail()}")
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout_s} s\n{daemon.tail() if daemon else ''}")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
-def setup(tmp_path: Path, database: str, sim: Sim) -> Setup:
+async def sim(start_simulator: fixtures_sim.StartSimulator) -> fixtures_sim.RunningSimulator:
+    # Tokens may be refreshed at any age here, so the daemon's first refresh happens in the test.
+    return await start_simulator(accounts=6, media_per_account=12, seed=7, world_knobs=WORLD,
+                                 refresh_min_age_s=0.0)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, database: str, sim: fixtures_sim.RunningSimulator) -> Setup:
     return Setup(tmp_path, database, sim)
 
 
@@ -286,33 +247,6 @@ def processes() -> Iterator[list[DaemonProcess]]:
         p.kill()
 
 
-async def job_states(dsn: str) -> dict[tuple[str, str], asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        if not await conn.fetchval("SELECT to_regclass('collector_job_state') IS NOT NULL"):
-            return {}
-        rows = await conn.fetch("SELECT ig_user_id::text AS id, job, last_success_at, consecutive_failures "
-                                "FROM collector_job_state")
-    finally:
-        await conn.close()
-    return {(r["id"], r["job"]): r for r in rows}
-
-
-def all_collected(ids: list[str]) -> Callable[[dict[tuple[str, str], asyncpg.Record]], bool]:
-    def check(states: dict[tuple[str, str], asyncpg.Record]) -> bool:
-        return all(states.get((i, j)) is not None and states[(i, j)]["last_success_at"] is not None
-                   for i in ids for j in JOBS)
-    return check
-
-
-async def http_get(port: int, path: str) -> tuple[int, bytes]:
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
-        return r.status, await r.read()
-
-
-# ------------------------------------------------------------------------------------------- tests
-
-
 @pytest.fixture
 async def notify(tmp_path: Path) -> AsyncIterator[NotifyListener]:
     listener = NotifyListener(tmp_path / "notify.sock")
@@ -322,19 +256,110 @@ async def notify(tmp_path: Path) -> AsyncIterator[NotifyListener]:
         listener.close()
 
 
+async def job_states(dsn: str) -> dict[tuple[str, str], asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('collector_job_state') IS NOT NULL"):
+            return {}
+        rows = await conn.fetch("SELECT ig_user_id::text AS id, job, last_success_at, last_attempt_at, "
+                                "consecutive_failures FROM collector_job_state")
+    finally:
+        await conn.close()
+    return {(r["id"], r["job"]): r for r in rows}
+
+
+async def collected(dsn: str, ids: list[str]) -> bool:
+    states = await job_states(dsn)
+    return all(states.get((i, j)) is not None and states[(i, j)]["last_success_at"] is not None
+               for i in ids for j in JOBS)
+
+
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    timeout = aiohttp.ClientTimeout(total=5)  # a stuck daemon fails the test instead of hanging it
+    async with aiohttp.ClientSession(timeout=timeout) as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status, await r.read()
+
+
+async def metric_samples(port: int) -> dict[str, float]:
+    """Every sample of /metrics, by name (labels summed)."""
+    _, body = await http_get(port, "/metrics")
+    totals: dict[str, float] = {}
+    for family in parser.text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
+def as_number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+async def assert_stored_exactly(dsn: str, world: world_mod.World, ids: list[str], days: list[Any]) -> None:
+    """What the daemon stored for these accounts is exactly what the simulator serves: profiles, every
+    media within the age limit with each insight value, the backfilled daily account values, and one
+    history row per media insight (nothing was written twice: the values never changed)."""
+    cat = catalogue.Catalogue()
+    now = datetime.now(UTC)
+    conn = await asyncpg.connect(dsn)
+    try:
+        accounts = {str(r["ig_user_id"]): r for r in await conn.fetch("SELECT * FROM ig_account")}
+        media_rows = {str(r["media_id"]): r for r in await conn.fetch("SELECT * FROM ig_media")}
+        insight = {(str(r["media_id"]), r["metric"]): as_number(r["value"]) for r in await conn.fetch(
+            "SELECT media_id, metric, value FROM ig_media_insight WHERE breakdown = ''")}
+        account_rows = {(str(r["ig_user_id"]), r["metric"], r["end_time"]): as_number(r["value"])
+                        for r in await conn.fetch(
+                            "SELECT * FROM ig_account_insight WHERE period = 'day' AND breakdown = ''")}
+        insight_count = await conn.fetchval("SELECT count(*) FROM ig_media_insight")
+        history_count = await conn.fetchval("SELECT count(*) FROM ig_media_insight_history")
+        distinct_history = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT DISTINCT media_id, metric, breakdown, dimension "
+            "FROM ig_media_insight_history) AS d")
+    finally:
+        await conn.close()
+    assert insight_count > 0
+    assert history_count == distinct_history == insight_count
+
+    for uid in ids:
+        account = world.account(uid)
+        row = accounts[uid]
+        assert (row["status"], row["username"], row["followers_count"]) == (
+            "ok", account.username, account.followers_count)
+        # A media near the age limit may fall either side of it between the run and this check.
+        cutoff = now - timedelta(days=MEDIA_MAX_AGE_DAYS)
+        slack = timedelta(hours=1)
+        for media in world.media_of(uid) + world.stories_of(uid):
+            if not media.is_story and media.timestamp < cutoff + slack:
+                continue
+            stored = media_rows.get(media.media_id)
+            assert stored is not None, media
+            if world.media_unavailable(media) is not None:
+                continue
+            wanted = set(cat.media_metrics(account.login, media.media_product_type))
+            for metric in wanted & world.supported_media_metrics(media, account.login):
+                expected = world.media_metric_value(media.media_id, metric)
+                assert insight[(media.media_id, metric)] == expected, (media.media_id, metric)
+        for day in days:
+            end = pacific.day_end_utc(day)
+            for metric in (*catalogue.ACCOUNT_TOTAL_VALUE, "reach"):
+                value = world.account_day_value(uid, metric, day)
+                if value is not None:
+                    assert account_rows[(uid, metric, end)] == value, (uid, metric, day)
+
+
+# ------------------------------------------------------------------------------------------- tests
+
+
 async def test_collects_on_schedule_serves_health_and_stops_cleanly(
         setup: Setup, processes: list[DaemonProcess], notify: NotifyListener) -> None:
-    accounts = setup.sim.accounts[:3]
+    accounts = setup.sim.accounts()[:2]
     ids = [a.ig_user_id for a in accounts]
     setup.write(accounts)
     daemon = DaemonProcess(setup, notify)
     processes.append(daemon)
+    days = pacific.complete_days(datetime.now(UTC), BACKFILL_DAYS)
     await daemon.start()
 
-    async def collected() -> bool:
-        return all_collected(ids)(await job_states(setup.dsn))
-
-    await until(collected, 30, daemon)
+    await until(lambda: collected(setup.dsn, ids), 20, daemon)
     first = await job_states(setup.dsn)
 
     async def media_ran_again() -> bool:
@@ -342,12 +367,17 @@ async def test_collects_on_schedule_serves_health_and_stops_cleanly(
         return all(states[(i, "media")]["last_success_at"] > first[(i, "media")]["last_success_at"]
                    for i in ids)
 
-    await until(media_ran_again, 15, daemon)  # the 2 s interval came round again
+    await until(media_ran_again, 10, daemon)  # the 2 s interval came round again
+    # The daily job is not repeated within the day.
+    again = await job_states(setup.dsn)
+    assert all(again[(i, "account_insights")]["last_attempt_at"] == first[(i, "account_insights")][
+        "last_attempt_at"] for i in ids)
 
     status, body = await http_get(setup.http_port, "/healthz")
     health = orjson.loads(body)
     assert status == 200, health
     assert health["checks"]["database"]["ok"] is True
+    assert health["freshness"]["accounts"] == 2
     status, body = await http_get(setup.http_port, "/metrics")
     assert status == 200
     names = {f.name for f in parser.text_string_to_metric_families(body.decode())}
@@ -355,6 +385,8 @@ async def test_collects_on_schedule_serves_health_and_stops_cleanly(
             "ig_collector_queue_depth", "ig_collector_token_expiry_days"} <= names
 
     assert await daemon.stop() == 0
+    daemon.stopped_cleanly()
+    await assert_stored_exactly(setup.dsn, setup.sim.world, ids, days)
     messages = notify.drain()
     assert any(m.startswith("READY=1") for m in messages)
     assert any(m.startswith("STOPPING=1") for m in messages)
@@ -375,35 +407,54 @@ async def test_collects_on_schedule_serves_health_and_stops_cleanly(
     assert "never" not in table.split("\n\n")[0]
 
 
-async def test_sighup_adds_accounts_and_keeps_old_config_when_invalid(
+async def test_sighup_adds_and_readds_accounts_and_keeps_old_config_when_invalid(
         setup: Setup, processes: list[DaemonProcess]) -> None:
-    first, added = setup.sim.accounts[:2], setup.sim.accounts[2:4]
+    first, added = setup.sim.accounts()[:2], setup.sim.accounts()[2:3]
     setup.write(first)
     daemon = DaemonProcess(setup)
     processes.append(daemon)
     await daemon.start()
-
-    async def collected(ids: list[str]) -> bool:
-        return all_collected(ids)(await job_states(setup.dsn))
-
-    await until(lambda: collected([a.ig_user_id for a in first]), 30, daemon)
+    await until(lambda: collected(setup.dsn, [a.ig_user_id for a in first]), 20, daemon)
 
     good_config = setup.config.read_text()
     setup.config.write_text(good_config + "\n[schedule]\ntick_s = 'fast'\n")  # invalid: reported, old kept
     daemon.signal(signal.SIGHUP)
     await until(lambda: daemon.logged("config_reload_failed"), 10, daemon)
+    setup.config.write_text(good_config)
 
     setup.write(first + added)
     daemon.signal(signal.SIGHUP)
     await until(lambda: daemon.logged("config_reloaded"), 10, daemon)
     started = time.monotonic()
-    await until(lambda: collected([a.ig_user_id for a in added]), 20, daemon)
-    assert time.monotonic() - started < 15
+    await until(lambda: collected(setup.dsn, [a.ig_user_id for a in added]), 10, daemon)
+    assert time.monotonic() - started < 8
+
+    # Removed, then put back: the account resumes its schedule (its daily job is not run again) instead of
+    # starting over as a new account.
+    back = first[0].ig_user_id
+    before = (await job_states(setup.dsn))[(back, "account_insights")]["last_attempt_at"]
+    setup.write(first[1:] + added)
+    daemon.signal(signal.SIGHUP)
+    await until(lambda: daemon.logged("config_reloaded", 2), 10, daemon)
+    setup.write(first + added)
+    daemon.signal(signal.SIGHUP)
+    await until(lambda: daemon.logged("config_reloaded", 3), 10, daemon)
+    readded = time.monotonic()
+    base = await job_states(setup.dsn)
+
+    async def profile_ran_again() -> bool:
+        states = await job_states(setup.dsn)
+        return states[(back, "profile")]["last_attempt_at"] > base[(back, "profile")]["last_attempt_at"]
+
+    await until(profile_ran_again, 10, daemon)  # collected again after the re-add
+    await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - readded)))
+    assert (await job_states(setup.dsn))[(back, "account_insights")]["last_attempt_at"] == before
     assert await daemon.stop() == 0
+    daemon.stopped_cleanly()
 
 
 async def test_token_refresh_persists_across_restart(setup: Setup, processes: list[DaemonProcess]) -> None:
-    accounts = [a for a in setup.sim.accounts if a.login == "instagram"][:2]
+    accounts = [a for a in setup.sim.accounts() if a.login == "instagram"][:2]
     assert accounts, "the simulated world has Instagram Login accounts"
     setup.write(accounts)
     daemon = DaemonProcess(setup)
@@ -425,8 +476,17 @@ async def test_token_refresh_persists_across_restart(setup: Setup, processes: li
     again = DaemonProcess(setup)
     processes.append(again)
     await again.start()
-    await asyncio.sleep(2)
+    ids = [a.ig_user_id for a in accounts]
+    base = await job_states(setup.dsn)
+
+    async def profile_ran() -> bool:  # the stored (refreshed) tokens are accepted by the simulator
+        states = await job_states(setup.dsn)
+        return all(states[(i, "profile")]["last_success_at"] > base[(i, "profile")]["last_success_at"]
+                   for i in ids)
+
+    await until(profile_ran, 10, again)
     after = orjson.loads(store.read_bytes())["accounts"]
+
     # The stored tokens are loaded and not refreshed again (not a week old yet).
     def tokens_of(data: dict[str, dict[str, str]]) -> dict[str, str]:
         return {k: v["access_token"] for k, v in data.items()}
@@ -438,58 +498,165 @@ async def test_token_refresh_persists_across_restart(setup: Setup, processes: li
         assert before[a.ig_user_id]["access_token"] not in again.log.read_text()
 
 
-async def test_database_outage_loses_nothing_and_healthz_goes_503(
-        setup: Setup, processes: list[DaemonProcess]) -> None:
-    parts = urllib.parse.urlsplit(setup.dsn)
-    relay = Relay(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await relay.start()
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@127.0.0.1:{relay.port}" if userinfo else f"127.0.0.1:{relay.port}"
-    real_dsn = setup.dsn
-    setup.dsn = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    accounts = setup.sim.accounts[:3]
+def media_insight_answers(sim: fixtures_sim.RunningSimulator) -> set[str]:
+    """Media ids whose (plain, not broken down) insights call the simulator answered successfully."""
+    ids = set()
+    for identity, arrivals in list(sim.stats.arrivals.items()):
+        found = re.match(r"GET (\d+)/insights\?(.*)$", identity)
+        if found and "breakdown=" not in found[2] and "period=" not in found[2] and any(
+                a.outcome == "ok" for a in arrivals):
+            ids.add(found[1])
+    return ids
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["graceful", "forced"])
+async def test_sigterm_during_busy_run_exits_0_with_everything_fetched_written(
+        signals: int, tmp_path: Path, database: str, start_simulator: fixtures_sim.StartSimulator,
+        processes: list[DaemonProcess]) -> None:
+    # Slow answers, so SIGTERM lands while the first collection (with its backfill) is in flight.
+    sim = await start_simulator(accounts=4, media_per_account=24, seed=7, world_knobs=WORLD,
+                                latency_ms=60.0, record_arrivals=True)
+    setup = Setup(tmp_path, database, sim)
+    accounts = sim.accounts()[:4]
+    setup.write(accounts)
+    daemon = DaemonProcess(setup)
+    processes.append(daemon)
+    await daemon.start()
+    await until(lambda: len(media_insight_answers(sim)) >= 8, 20, daemon)
+    assert not await collected(setup.dsn, [a.ig_user_id for a in accounts])  # still busy
+
+    signalled = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    if signals == 2:
+        await until(lambda: daemon.logged("daemon_stopping"), 5, daemon)  # (two at once would coalesce)
+        daemon.signal(signal.SIGTERM)
+    assert daemon.proc is not None
+    assert await asyncio.wait_for(daemon.proc.wait(), 15) == 0
+    elapsed_s = time.monotonic() - signalled
+    assert elapsed_s < GRACE_S + 2.0, elapsed_s
+    daemon.stopped_cleanly()
+    answered = media_insight_answers(sim)
+
+    conn = await asyncpg.connect(setup.dsn)
+    try:
+        stored = {str(r["media_id"]) for r in await conn.fetch(
+            "SELECT media_id FROM ig_media_insight UNION SELECT object_id FROM ig_unavailable "
+            "WHERE object_type = 'media'")}
+        values = {(str(r["media_id"]), r["metric"]): as_number(r["value"]) for r in await conn.fetch(
+            "SELECT media_id, metric, value FROM ig_media_insight WHERE breakdown = ''")}
+    finally:
+        await conn.close()
+    assert values
+    for (media_id, metric), value in values.items():
+        assert value == sim.world.media_metric_value(media_id, metric), (media_id, metric)
+    if signals == 1:
+        # Graceful: in-flight jobs finished within the grace period, so every insights answer the
+        # simulator gave is in the database (as values, or as recorded unavailability).
+        assert not daemon.logged("jobs_cancelled_after_grace")
+        assert answered <= stored, sorted(answered - stored)
+    else:
+        # Forced: the second signal cancelled in-flight jobs at once; what they had handed to the writer
+        # was still committed (rows_unwritten == 0 above).
+        assert daemon.logged("stop_forced")
+        assert elapsed_s < GRACE_S
+
+
+# The writer's backpressure path livelocks once the database is back (collector/storage/writer.py: with
+# producers waiting for space and nothing pending after a commit, `_run` spins without yielding, so the
+# waiters never wake and the event loop is stuck). Strict: the marker must go when the writer is fixed.
+WRITER_LIVELOCK = pytest.mark.xfail(strict=True, reason="writer spins after a commit with space waiters")
+
+
+@pytest.mark.parametrize("buffer_max_rows", [
+    200_000,  # the default: the whole outage fits in the buffer
+    pytest.param(100, marks=WRITER_LIVELOCK),  # a few seconds of fetching fill it: backpressure
+], ids=["buffering", "backpressure"])
+async def test_postgresql_restart_mid_run_loses_nothing(
+        buffer_max_rows: int, tmp_path: Path, start_simulator: fixtures_sim.StartSimulator,
+        processes: list[DaemonProcess]) -> None:
+    server = await asyncio.to_thread(fixtures_db.embedded_server)
+    try:
+        admin = await asyncpg.connect(server.uri())
+        await admin.execute("CREATE DATABASE daemon")
+        await admin.close()
+        sim = await start_simulator(accounts=6, media_per_account=12, seed=7, world_knobs=WORLD,
+                                    latency_ms=10.0)
+        extra = f"writer_buffer_max_rows = {buffer_max_rows}"
+        setup = Setup(tmp_path, server.uri("daemon"), sim, extra=extra)
+        await _restart_mid_run(setup, server, processes, buffer_max_rows)
+    finally:
+        await asyncio.to_thread(server.close)
+
+
+async def _restart_mid_run(setup: Setup, server: fixtures_db.EmbeddedServer, processes: list[DaemonProcess],
+                           buffer_max_rows: int) -> None:
+    accounts = setup.sim.accounts()[:3]
     ids = [a.ig_user_id for a in accounts]
     setup.write(accounts)
     daemon = DaemonProcess(setup)
     processes.append(daemon)
-    try:
-        await _outage(setup, relay, daemon, real_dsn, ids)
-    finally:
-        await relay.cut()
-
-
-async def _outage(setup: Setup, relay: Relay, daemon: DaemonProcess, real_dsn: str, ids: list[str]) -> None:
+    days = pacific.complete_days(datetime.now(UTC), BACKFILL_DAYS)
     await daemon.start()
-    await relay.cut()
+    await until(lambda: setup.sim.stats.by_kind["media_insights"] > 0, 10, daemon)
 
-    async def unhealthy() -> bool:
+    await asyncio.to_thread(server.stop)  # while jobs are fetching
+    down = time.monotonic()
+    calls_at_stop = setup.sim.stats.calls
+
+    async def health_is(code: int) -> bool:
         status, _ = await http_get(setup.http_port, "/healthz")
-        return status == 503
+        return status == code
 
-    await until(unhealthy, 15, daemon)
-    await asyncio.sleep(3)  # jobs keep fetching into the writer's buffer meanwhile
+    await until(lambda: health_is(503), 10, daemon)
+
+    async def buffered() -> float:
+        return (await metric_samples(setup.http_port))["ig_collector_writer_buffered_rows"]
+
+    if buffer_max_rows > 1000:
+        # Fetching goes on into the buffer while the database is away.
+        await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - down)))
+        assert setup.sim.stats.calls > calls_at_stop
+        assert await buffered() > 0
+    else:
+        await until(lambda: _at_least(buffered(), buffer_max_rows), 15, daemon)
+        # Fetching pauses: no Graph call leaves while every worker waits for the writer.
+        await asyncio.sleep(max(1.0, 3.0 - (time.monotonic() - down)))
+        calls = setup.sim.stats.calls
+        await asyncio.sleep(1.0)
+        assert setup.sim.stats.calls == calls
     assert daemon.proc is not None and daemon.proc.returncode is None
-    await relay.start()  # the database is back, same address
 
-    async def healthy() -> bool:
-        status, _ = await http_get(setup.http_port, "/healthz")
-        return status == 200
-
-    await until(healthy, 15, daemon)
-    await until(lambda: _collected(real_dsn, ids), 30, daemon)
+    await asyncio.to_thread(server.start)
+    await until(lambda: health_is(200), 15, daemon)
+    await until(lambda: collected(setup.dsn, ids), 20, daemon)
+    samples = await metric_samples(setup.http_port)
+    assert samples["ig_collector_writer_errors_total"] >= 1
+    if buffer_max_rows <= 1000:
+        assert samples["ig_collector_writer_wait_seconds_total"] > 0
     assert await daemon.stop() == 0
-
-    # Everything the simulator has for these accounts (media within the age limit) is stored.
-    conn = await asyncpg.connect(real_dsn)
-    try:
-        stored = {r["m"] for r in await conn.fetch("SELECT media_id::text AS m FROM ig_media")}
-    finally:
-        await conn.close()
-    cutoff = time.time() - 30 * 86400
-    expected = {m.media_id for i in ids for m in setup.sim.world.media_of(i)
-                if not m.is_story and m.timestamp.timestamp() > cutoff}
-    assert expected <= stored
+    daemon.stopped_cleanly()
+    assert daemon.logged("writer_retry")
+    await assert_stored_exactly(setup.dsn, setup.sim.world, ids, days)
 
 
-async def _collected(dsn: str, ids: list[str]) -> bool:
-    return all_collected(ids)(await job_states(dsn))
+async def _at_least(value: Awaitable[float], floor: float) -> bool:
+    return await value >= floor
+
+
+def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed")
+    # The unit names the installed entry point (/opt/ig-collector/...); point it at this checkout's so
+    # verify checks everything else instead of stopping at "not executable".
+    entry = Path(sys.executable).parent / "ig-collector"
+    command = str(entry) if entry.exists() else f"{sys.executable} -m collector"
+    unit = (ROOT / "config" / "ig-collector.service").read_text()
+    assert unit.count("\nExecStart=") == 1
+    unit = re.sub(r"(?m)^ExecStart=\S+", f"ExecStart={command}", unit)
+    path = tmp_path / "ig-collector.service"
+    path.write_text(unit)
+    result = subprocess.run([tool, "verify", str(path)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "ig-collector.service" not in result.stderr, result.stderr  # no warning about our unit
