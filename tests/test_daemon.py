@@ -628,7 +628,11 @@ async def _restart_mid_run(setup: Setup, server: fixtures_db.EmbeddedServer, pro
 
     await asyncio.to_thread(server.start)
     await until(lambda: health_is(200), 15, daemon)
-    await until(lambda: collected(setup.dsn, ids), 20, daemon)
+
+    async def caught_up() -> bool:  # and still answering: a wedged event loop fails here within 5 s
+        return await health_is(200) and await collected(setup.dsn, ids)
+
+    await until(caught_up, 20, daemon)
     samples = await metric_samples(setup.http_port)
     assert samples["ig_collector_writer_errors_total"] >= 1
     if buffer_max_rows <= 1000:
