@@ -20,6 +20,10 @@ EXPECTED_TABLES = {
 }
 
 
+# Every migration the code ships, in order: a test that applies them from empty must see all of them.
+ALL_MIGRATIONS = ["001_init", "002_unavailable_current"]
+
+
 async def tables(conn: asyncpg.Connection) -> set[str]:
     rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     return {r["tablename"] for r in rows}
@@ -28,7 +32,7 @@ async def tables(conn: asyncpg.Connection) -> set[str]:
 async def test_migrate_from_empty_database(empty_db_dsn: str) -> None:
     conn = await asyncpg.connect(empty_db_dsn)
     try:
-        assert await migrations.migrate(conn) == ["001_init"]
+        assert await migrations.migrate(conn) == ALL_MIGRATIONS
         assert await tables(conn) == EXPECTED_TABLES
         row = await conn.fetchrow("SELECT version, name, checksum FROM collector_schema_migrations")
         assert (row["version"], row["name"]) == (1, "init")
@@ -45,8 +49,9 @@ async def test_concurrent_migrators_apply_once(empty_db_dsn: str) -> None:
     conns = [await asyncpg.connect(empty_db_dsn) for _ in range(3)]
     try:
         results = await asyncio.gather(*(migrations.migrate(c) for c in conns))
-        assert sorted(results) == [[], [], ["001_init"]]
-        assert await conns[0].fetchval("SELECT count(*) FROM collector_schema_migrations") == 1
+        assert sorted(results) == [[], [], ALL_MIGRATIONS]
+        assert await conns[0].fetchval("SELECT count(*) FROM collector_schema_migrations") == len(
+            ALL_MIGRATIONS)
     finally:
         for c in conns:
             await c.close()
@@ -104,7 +109,8 @@ async def test_open_database_url_then_env(db_dsn: str, monkeypatch: pytest.Monke
     monkeypatch.setenv("DATABASE_URL", db_dsn)
     async with await db.open_database(settings.DatabaseSettings()) as database:
         assert not database.embedded
-        assert await database.pool.fetchval("SELECT count(*) FROM collector_schema_migrations") == 1
+        assert await database.pool.fetchval("SELECT count(*) FROM collector_schema_migrations") == len(
+            ALL_MIGRATIONS)
 
 
 async def test_open_database_embedded_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,7 +123,7 @@ async def test_open_database_embedded_fallback(monkeypatch: pytest.MonkeyPatch) 
         async with database:
             assert database.embedded
             assert (state_dir / "postgres" / "PG_VERSION").exists()
-            assert await database.migrate() == ["001_init"]
+            assert await database.migrate() == ALL_MIGRATIONS
             assert f"/{db.EMBEDDED_DATABASE}?host=" in database.dsn_for_display
         # Persistent: a second open finds the migrated database.
         async with await db.open_database(settings.DatabaseSettings(), state_dir=state_dir) as again:
