@@ -564,12 +564,9 @@ async def test_sigterm_during_busy_run_exits_0_with_everything_fetched_written(
 # The writer's backpressure path livelocks once the database is back (collector/storage/writer.py: with
 # producers waiting for space and nothing pending after a commit, `_run` spins without yielding, so the
 # waiters never wake and the event loop is stuck). Strict: the marker must go when the writer is fixed.
-WRITER_LIVELOCK = pytest.mark.xfail(strict=True, reason="writer spins after a commit with space waiters")
-
-
 @pytest.mark.parametrize("buffer_max_rows", [
     200_000,  # the default: the whole outage fits in the buffer
-    pytest.param(100, marks=WRITER_LIVELOCK),  # a few seconds of fetching fill it: backpressure
+    100,  # a few seconds of fetching fill it: backpressure
 ], ids=["buffering", "backpressure"])
 async def test_postgresql_restart_mid_run_loses_nothing(
         buffer_max_rows: int, tmp_path: Path, start_simulator: fixtures_sim.StartSimulator,

@@ -220,8 +220,10 @@ class Writer:
     async def _wait_until_due(self) -> bool:
         """Sleep until a batch is full, flush() waits, the writer closes, producers wait for space, or the
         interval passes; return whether everything pending should be written now."""
+        # Producers waiting for space only make a batch due when there is something to write: with an empty
+        # buffer this must sleep, or the loop spins without yielding and the woken producers never run.
         if not (self._pending_rows >= self._batch_max_rows or self._flush_upto > self._committed
-                or self._closing or self._space_waiters):
+                or self._closing or (self._space_waiters and self._pending)):
             try:
                 async with asyncio.timeout(self._flush_interval_s):
                     await self._wake.wait()
