@@ -195,6 +195,20 @@ async def test_backpressure_blocks_add_until_committed(pool: asyncpg.Pool, db_ds
         await blocker.close()
 
 
+async def test_producers_waiting_for_space_resume_promptly(pool: asyncpg.Pool) -> None:
+    # Two bugs lived here: a commit that emptied the buffer while producers waited left the writer's loop
+    # spinning without yielding (the event loop froze), and a producer that refilled the buffer after a
+    # commit left the others asleep until the next flush interval (5 s here, past the timeout).
+    async with writer.Writer(pool, batch_max_rows=1_000, buffer_max_rows=40, flush_interval_s=5.0) as w:
+        async def produce(first: int) -> None:
+            for start in range(first, first + 50, 10):
+                await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(start, start + 10), T0))
+
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(produce(base) for base in (1, 1001, 2001)))
+    assert await count(pool, "ig_media_insight") == 3 * 50 * len(METRICS)
+
+
 async def test_bad_data_is_fatal_storage_error(pool: asyncpg.Pool) -> None:
     w = writer.Writer(pool)
     w.start()

@@ -148,7 +148,11 @@ class Writer:
         self._added += len(batch)
         if self._metrics is not None:
             self._metrics.writer_buffered_rows.set(self._added - self._committed)
-        if self._pending_rows >= self._batch_max_rows:
+        # A full batch, or a full buffer (producers are or will be waiting for space): write now, whatever
+        # the interval says. Without the second test a producer that refilled the buffer after a commit left
+        # the other waiters asleep until the next interval.
+        buffer_full = self._added - self._committed >= self._buffer_max_rows
+        if self._pending_rows >= self._batch_max_rows or buffer_full:
             self._wake.set()
 
     async def flush(self) -> None:
