@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from collector import __version__, config, exceptions, logs, metrics, progress, settings
+from collector import __version__, config, eventloop, exceptions, logs, metrics, progress, settings
 
 if TYPE_CHECKING:  # imported where used, at run time (see the module docstring)
     from collector.storage import db
@@ -88,24 +88,13 @@ def run_async(main: Callable[[Signals], Awaitable[int]], *, use_uvloop: bool = T
             signals.uninstall(loop)
         return signals.exit_code if signals.exit_code is not None else code
 
-    with asyncio.Runner(loop_factory=_loop_factory(use_uvloop)) as runner:
+    with asyncio.Runner(loop_factory=eventloop.loop_factory(use_uvloop)) as runner:
         try:
             return runner.run(wrapper())
         except asyncio.CancelledError:
             if signals.exit_code is None:
                 raise
             return signals.exit_code
-
-
-def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if not use_uvloop:
-        return None
-    try:
-        import uvloop  # noqa: PLC0415  # optional: not on Windows
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 # -- subcommands -----------------------------------------------------------------------------------------

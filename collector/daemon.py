@@ -37,6 +37,7 @@ import structlog
 from collector import (
     collect,
     config,
+    eventloop,
     exceptions,
     graph,
     httpserver,
@@ -71,19 +72,8 @@ def run(config_path: Path, args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
     cfg = config.load(config_path)
     use_uvloop = not getattr(args, "no_uvloop", False)
-    with asyncio.Runner(loop_factory=_loop_factory(use_uvloop)) as runner:
+    with asyncio.Runner(loop_factory=eventloop.loop_factory(use_uvloop)) as runner:
         return runner.run(Daemon(config_path, cfg).serve())
-
-
-def _loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if not use_uvloop:
-        return None
-    try:
-        import uvloop  # noqa: PLC0415  # optional dependency (not on Windows)
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 class Daemon:
