@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import asyncpg
@@ -149,9 +149,13 @@ async def test_job_state_sequences(pool: asyncpg.Pool) -> None:
         assert await state() == (T0 + timedelta(minutes=7), T0 + timedelta(minutes=7), None, 0)
 
 
-async def test_job_state_never_commits_before_its_data(pool: asyncpg.Pool) -> None:
-    # A trigger fails the transaction if a job state arrives while the data added before it is not
-    # visible to it (committed earlier, or earlier in the same transaction).
+@pytest.mark.parametrize(("batch_max_rows", "split_min_rows"), [(7, 4_000), (45, 1)],
+                         ids=["one-transaction", "split-across-connections"])
+async def test_job_state_never_commits_before_its_data(
+        pool: asyncpg.Pool, batch_max_rows: int, split_min_rows: int) -> None:
+    # Triggers fail the transaction if a job state, or a media row saying its insights were refreshed,
+    # arrives while the data added before it is not visible to it (committed earlier, or in the same
+    # transaction: the media check runs at commit).
     await pool.execute("""
         CREATE FUNCTION check_data_first() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
@@ -162,15 +166,85 @@ async def test_job_state_never_commits_before_its_data(pool: asyncpg.Pool) -> No
         END $$;
         CREATE TRIGGER data_first BEFORE INSERT OR UPDATE ON collector_job_state
             FOR EACH ROW EXECUTE FUNCTION check_data_first();
+        CREATE FUNCTION check_insights_first() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF (SELECT count(*) FROM ig_media_insight WHERE media_id = NEW.media_id) < 4 THEN
+                RAISE EXCEPTION 'media refreshed before its insights';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE CONSTRAINT TRIGGER insights_first AFTER INSERT OR UPDATE ON ig_media
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION check_insights_first();
     """)
-    async with writer.Writer(pool, batch_max_rows=7, flush_interval_s=0.01) as w:
+    async with writer.Writer(pool, batch_max_rows=batch_max_rows, split_min_rows=split_min_rows,
+                             flush_interval_s=0.01) as w:
         for account in range(1, 6):
             # Job state first in the call order of each step would be a bug in the caller; here the data
-            # comes first and batches of 7 rows cut right through it.
-            media = range(account * 100, account * 100 + 10)
-            await w.add(models.Table.MEDIA_INSIGHT, insight_rows(media, T0))
+            # comes first and batches cut right through it.
+            for media in range(account * 100, account * 100 + 10):
+                await w.add(models.Table.MEDIA_INSIGHT, insight_rows(range(media, media + 1), T0))
+                await w.add(models.Table.MEDIA, [models.MediaRow(media, account, "IMAGE", "FEED", T0, None,
+                                                                 None, None, T0, T0)])
             await w.add(models.Table.JOB_STATE, [models.JobStateRow(account, "media", True, T0, None)])
     assert await count(pool, "collector_job_state") == 5
+    assert await count(pool, "ig_media") == 50
+
+
+async def _state(pool: asyncpg.Pool) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    current = await pool.fetch("SELECT * FROM ig_media_insight ORDER BY media_id, metric")
+    history = await pool.fetch("SELECT * FROM ig_media_insight_history"
+                               " ORDER BY media_id, metric, collected_at, value")
+    return [tuple(r.values()) for r in current], [tuple(r.values()) for r in history]
+
+
+async def test_split_batches_store_what_one_transaction_stores(pool: asyncpg.Pool) -> None:
+    # Fresh rows, then a batch mixing new media, changed and unchanged values and a key twice (last
+    # wins), then an unchanged re-run: a batch split across two connections must leave exactly what one
+    # transaction leaves.
+    changed = [r._replace(value=r.value + (r.media_id % 3 == 0), collected_at=T1)
+               for r in insight_rows(range(50, 150), T0)]
+    twice = [changed[0]._replace(value=-1), changed[0]._replace(value=-2)]
+    steps = [insight_rows(range(1, 100), T0), changed + twice, changed + twice]
+    states = []
+    for connections in (1, 2):
+        await pool.execute("TRUNCATE ig_media_insight, ig_media_insight_history")
+        async with writer.Writer(pool, connections=connections, split_min_rows=1) as w:
+            for rows in steps:
+                await w.add(models.Table.MEDIA_INSIGHT, rows)
+                await w.flush()
+        states.append(await _state(pool))
+    assert states[0] == states[1]
+    current, history = states[1]
+    assert len(current) == 149 * 4
+    # Fresh; the 50 new media; the 17 known media with id % 3 == 0 (51..99); the key given twice.
+    assert len(history) == 99 * 4 + 50 * 4 + 17 * 4 + 1
+    assert (changed[0].media_id, changed[0].metric, "", "", -2, T1) in current
+
+
+async def test_value_kinds_and_timestamps_are_exact(pool: asyncpg.Pool) -> None:
+    paris = timezone(timedelta(hours=1))
+    at = datetime(2026, 3, 1, 12, 30, 45, 123457, tzinfo=paris)
+    batches = {  # one batch per staging kind: int8, float8, text
+        "int": [2**63 - 1, -(2**63), 0],
+        "float": [2**53, 0.5, -7],
+        "text": [2**63, Decimal("1.10"), 3],
+    }
+    async with writer.Writer(pool) as w:
+        for number, values in enumerate(batches.values()):
+            await w.add(models.Table.MEDIA_INSIGHT, [models.MediaInsightRow(number, f"m{i}", "", "", v, at)
+                                                     for i, v in enumerate(values)])
+            await w.add(models.Table.ACCOUNT_INSIGHT, [
+                models.AccountInsightRow(number, f"m{i}", "day", at + timedelta(days=i), "", "", v, at)
+                for i, v in enumerate(values)])
+            await w.flush()
+    for table, end_time in (("ig_media_insight", "NULL"), ("ig_account_insight", "end_time")):
+        rows = await pool.fetch(f"SELECT value::text AS v, collected_at, {end_time} AS e FROM {table}"
+                                f" ORDER BY 1")
+        assert sorted(r["v"] for r in rows) == sorted(
+            str(v) for values in batches.values() for v in values)
+        assert {r["collected_at"] for r in rows} == {at}
+    ends = await pool.fetch("SELECT DISTINCT end_time FROM ig_account_insight ORDER BY 1")
+    assert [r["end_time"] for r in ends] == [at + timedelta(days=i) for i in range(3)]
 
 
 async def test_backpressure_blocks_add_until_committed(pool: asyncpg.Pool, db_dsn: str) -> None:

@@ -20,8 +20,8 @@ import operator
 import random
 import time
 import types
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -34,10 +34,15 @@ from collector.storage import upserts
 
 Row = tuple[Any, ...]
 
-# Position of `value` in the rows of the tables that carry metric values.
+# Position of `value`, and of the timestamps staged as int8 microseconds, in the rows of the tables that
+# carry metric values (upserts.VALUED).
 _VALUE_INDEX = {models.Table.MEDIA_INSIGHT: 4, models.Table.ACCOUNT_INSIGHT: 6}
+_TIMESTAMP_INDEXES = {models.Table.MEDIA_INSIGHT: (5,), models.Table.ACCOUNT_INSIGHT: (3, 7)}
 _FLOAT_EXACT_INT = 2**53
+_INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
 _FLOAT_KINDS = frozenset({int, float})
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 _RETRY_BASE_DELAY_S = 0.1
 _RETRY_MAX_DELAY_S = 5.0
@@ -71,18 +76,23 @@ class Writer:
         self,
         pool: asyncpg.Pool,
         *,
-        batch_max_rows: int = 10_000,
+        batch_max_rows: int = 50_000,
         flush_interval_s: float = 1.0,
         buffer_max_rows: int = 200_000,
+        connections: int = 2,
+        split_min_rows: int = 4_000,
         metrics: metrics_mod.Metrics | None = None,
     ) -> None:
-        if batch_max_rows < 1 or buffer_max_rows < 1 or flush_interval_s <= 0:
-            raise ValueError("batch_max_rows, buffer_max_rows and flush_interval_s must be positive")
+        if batch_max_rows < 1 or buffer_max_rows < 1 or flush_interval_s <= 0 or connections < 1:
+            raise ValueError(
+                "batch_max_rows, buffer_max_rows, flush_interval_s and connections must be positive")
         self._pool = pool
         self._batch_max_rows = batch_max_rows
         self._flush_interval_s = flush_interval_s
         self._buffer_max_rows = buffer_max_rows
         self._metrics = metrics
+        self._connections = connections
+        self._split_min_rows = split_min_rows
         # Added rows not yet cut into a batch, in arrival order.
         self._pending: collections.deque[tuple[models.Table, list[Row]]] = collections.deque()
         self._pending_rows = 0
@@ -257,10 +267,13 @@ class Writer:
     async def _commit(self, batch: _Batch) -> None:
         """Write one batch, retrying transient failures with backoff for as long as it takes."""
         attempt = 0
+        phases = self._plan(batch)
+        done: set[tuple[int, int]] = set()  # (phase, part) committed: a retry does not redo them
         while True:
             started = time.monotonic()
             try:
-                await self._write(batch)
+                for number, phase in enumerate(phases):
+                    await self._write_phase(number, phase, done)
                 break
             except _TRANSIENT_ERRORS as exc:
                 attempt += 1
@@ -282,13 +295,53 @@ class Writer:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _write(self, batch: _Batch) -> None:
+    def _plan(self, batch: _Batch) -> list[list[dict[models.Table, list[Row]]]]:
+        """The transactions of one batch, in phases: the parts of a phase run concurrently on their own
+        connections and commit independently; a phase starts once the previous one has committed.
+
+        A small batch is one transaction. A batch with at least `split_min_rows` media-insight rows first
+        commits those rows in `connections` parts split by media_id (a key is always in the same part, so
+        the last row of a key still wins), then everything else in one transaction, tables in
+        `models.Table` order. So JOB_STATE and the ig_media rows (whose insights_refreshed_at vouches for
+        the insights: the collector adds them after the insights) still commit after the data they vouch
+        for. Retrying a committed part is never needed (the attempt skips it), and would be harmless:
+        re-applying unchanged values writes nothing.
+        """
+        insights = batch.tables.get(models.Table.MEDIA_INSIGHT)
+        parts = self._connections
+        if parts < 2 or insights is None or len(insights) < self._split_min_rows:
+            return [[batch.tables]]
+        split = [[row for row in insights if row[0] % parts == part] for part in range(parts)]
+        phases = [[{models.Table.MEDIA_INSIGHT: rows} for rows in split if rows]]
+        rest: dict[models.Table, list[Row]] = {
+            table: rows for table, rows in batch.tables.items() if table is not models.Table.MEDIA_INSIGHT}
+        if rest:
+            phases.append([rest])
+        return phases
+
+    async def _write_phase(self, number: int, phase: list[dict[models.Table, list[Row]]],
+                           done: set[tuple[int, int]]) -> None:
+        todo = [(number, part) for part in range(len(phase)) if (number, part) not in done]
+        # Wait for every part before raising: a part still running must not overlap the retry.
+        results = await asyncio.gather(
+            *(self._write(phase[part]) for _, part in todo), return_exceptions=True)
+        failures: list[BaseException] = []
+        for key, result in zip(todo, results, strict=True):
+            if isinstance(result, BaseException):
+                failures.append(result)
+            else:
+                done.add(key)
+        if failures:
+            # A non-transient failure is fatal whatever the other parts did; raise that one first.
+            raise next((exc for exc in failures if not isinstance(exc, _TRANSIENT_ERRORS)), failures[0])
+
+    async def _write(self, tables: dict[models.Table, list[Row]]) -> None:
         async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
                     await conn.execute(upserts.SETUP)
                     for table in models.Table:
-                        rows = batch.tables.get(table)
+                        rows = tables.get(table)
                         if rows:
                             await _write_table(conn, table, rows)
             except Exception:
@@ -299,44 +352,72 @@ class Writer:
 
 
 async def _write_table(conn: asyncpg.pool.PoolConnectionProxy, table: models.Table, rows: list[Row]) -> None:
-    spec = upserts.TABLES[table]
-    exact = False
-    if table in _VALUE_INDEX:
-        index = _VALUE_INDEX[table]
-        exact = not _float_exact(rows, index)
-        if exact:
-            rows = [(*row[:index], str(row[index]), *row[index + 1:]) for row in rows]
+    kind: upserts.ValueKind | None = None
+    records: Iterable[Row] = rows
+    if table in upserts.VALUED:
+        kind, records = _staged(table, rows)
     elif table is models.Table.JOB_STATE:
-        rows = _fold_job_states(rows)
-    stage = spec.stage_exact if exact and spec.stage_exact else spec.stage
-    await conn.copy_records_to_table(stage, records=rows)
+        records = _fold_job_states(rows)
+    await conn.copy_records_to_table(upserts.stage_table(table, kind), records=records)
     try:
         async with conn.transaction():  # a savepoint: a duplicate key aborts only this attempt
-            await conn.execute(_SQL[table, exact, False])
-    except asyncpg.CardinalityViolationError:
-        # The same key twice in one batch (ON CONFLICT cannot touch a row twice): merge the last of each.
-        await conn.execute(_SQL[table, exact, True])
+            await conn.execute(_SQL[table, kind, False])
+    except (asyncpg.CardinalityViolationError, asyncpg.UniqueViolationError):
+        # The same key twice in one batch (ON CONFLICT cannot touch a row twice, the fast form's plain
+        # INSERT cannot insert it twice), or another writer inserted a key first: merge the last of each
+        # key, every key through ON CONFLICT.
+        await conn.execute(_SQL[table, kind, True])
 
 
 _SQL = {
-    (table, exact, dedupe): upserts.upsert_sql(table, exact=exact, dedupe=dedupe)
-    for table in models.Table for exact in (False, True) for dedupe in (False, True)
+    (table, kind, dedupe): upserts.upsert_sql(table, kind, dedupe=dedupe)
+    for table in models.Table
+    for kind in (tuple(upserts.ValueKind) if table in upserts.VALUED else (None,))
+    for dedupe in (False, True)
 }
 
 
-def _float_exact(rows: list[Row], index: int) -> bool:
-    """Whether every value of the batch survives float8 staging exactly (ints within ±2**53, floats).
+def _staged(table: models.Table, rows: list[Row]) -> tuple[upserts.ValueKind, Iterable[Row]]:
+    """The rows of a table with values as staged: value as the batch's ValueKind, timestamps as int8
+    microseconds since the Unix epoch (see upserts). Column-wise with C-level map/zip: this is the hot path,
+    and rebuilding each row in Python would cost more than the conversions save."""
+    columns = [list(map(operator.itemgetter(i), rows)) for i in range(len(rows[0]))]
+    index = _VALUE_INDEX[table]
+    kind = _value_kind(columns[index])
+    if kind is upserts.ValueKind.TEXT:
+        columns[index] = list(map(str, columns[index]))
+    for index in _TIMESTAMP_INDEXES[table]:
+        columns[index] = _micros(columns[index])
+    return kind, zip(*columns, strict=True)
+
+
+def _value_kind(values: list[Any]) -> upserts.ValueKind:
+    """The cheapest staging type that carries every value of the batch exactly.
 
     C-level scans only: this runs on every batch of the hot path.
     """
-    values = list(map(operator.itemgetter(index), rows))
     kinds = set(map(type, values))
+    if kinds == {int}:
+        if min(values) >= _INT8_MIN and max(values) <= _INT8_MAX:
+            return upserts.ValueKind.INT
+        return upserts.ValueKind.TEXT
     if not kinds <= _FLOAT_KINDS:
-        return False
-    if int in kinds:
-        # min/max over mixed ints and floats compare exactly; a NaN can only make this say False.
-        return bool(min(values) >= -_FLOAT_EXACT_INT and max(values) <= _FLOAT_EXACT_INT)
-    return True
+        return upserts.ValueKind.TEXT
+    # Ints and floats: float8 carries ints within ±2**53. min/max over mixed ints and floats compare
+    # exactly; a NaN can only make this say TEXT ('nan'::numeric is NaN too).
+    if int in kinds and not (min(values) >= -_FLOAT_EXACT_INT and max(values) <= _FLOAT_EXACT_INT):
+        return upserts.ValueKind.TEXT
+    return upserts.ValueKind.FLOAT
+
+
+def _micros(stamps: list[datetime | None]) -> list[int | None]:
+    """Microseconds since the Unix epoch, converted once per distinct value (a batch holds a handful).
+
+    Naive datetimes are local time, as asyncpg's timestamptz encoder takes them; None stays NULL.
+    """
+    micros = {stamp: None if stamp is None else (stamp.astimezone(UTC) - _UNIX_EPOCH) // _MICROSECOND
+              for stamp in set(stamps)}
+    return list(map(micros.__getitem__, stamps))
 
 
 def _fold_job_states(rows: list[Row]) -> list[Row]:
