@@ -349,3 +349,20 @@ async def test_outage_keeps_rows_and_delivers_each_once() -> None:
     finally:
         await pool.close()
         await asyncio.to_thread(server.close)
+
+
+@pytest.mark.parametrize(("error", "transient"), [
+    (asyncpg.InterfaceError(
+        "cannot call Transaction.__aexit__(): the underlying connection is closed"), True),
+    (asyncpg.InterfaceError(
+        "cannot call Connection.terminate(): connection has been released back to the pool"), True),
+    (asyncpg.exceptions.ConnectionDoesNotExistError(
+        "connection was closed in the middle of operation"), True),
+    (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"), True),
+    (asyncpg.InterfaceError("the server expects 3 arguments for this query, 2 were passed"), False),
+    (asyncpg.exceptions.UndefinedColumnError('column "x" does not exist'), False),
+])
+def test_outage_errors_are_retried_and_bad_data_is_not(error: BaseException, transient: bool) -> None:
+    # Seen in a PostgreSQL restart under backpressure: asyncpg reports a connection the outage dropped as an
+    # InterfaceError; taken as fatal it failed the writer and lost its buffer.
+    assert writer._transient(error) is transient

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import operator
 import random
 import time
@@ -64,6 +65,21 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
 )
+
+# Everything a write can raise from the database side: transient ones are retried, the rest are fatal.
+_DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    *_TRANSIENT_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure that another attempt can get past: the database or the connection went away. asyncpg says
+    "the connection is closed" (or "released back to the pool") as an InterfaceError when a statement or a
+    transaction's exit meets a connection the outage already dropped."""
+    if isinstance(exc, _TRANSIENT_ERRORS):
+        return True
+    message = str(exc)
+    return isinstance(exc, asyncpg.InterfaceError) and (
+        "connection is closed" in message or "released back to the pool" in message)
 
 _log = structlog.get_logger(__name__)
 
@@ -282,7 +298,9 @@ class Writer:
                 for number, phase in enumerate(phases):
                     await self._write_phase(number, phase, done)
                 break
-            except _TRANSIENT_ERRORS as exc:
+            except _DATABASE_ERRORS as exc:
+                if not _transient(exc):
+                    raise exceptions.StorageError(f"writer batch rejected by the database: {exc}") from exc
                 attempt += 1
                 delay_s = min(_RETRY_MAX_DELAY_S, _RETRY_BASE_DELAY_S * 2 ** min(attempt, 10))
                 delay_s *= random.uniform(0.5, 1.0)  # noqa: S311  (jitter, not cryptography)
@@ -291,8 +309,6 @@ class Writer:
                 _log.warning("writer_retry", attempt=attempt, delay_s=round(delay_s, 3), rows=batch.rows,
                              error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(delay_s)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise exceptions.StorageError(f"writer batch rejected by the database: {exc}") from exc
         self._committed += batch.rows
         if self._metrics is not None:
             self._metrics.writer_flush_seconds.observe(time.monotonic() - started)
@@ -340,7 +356,7 @@ class Writer:
                 done.add(key)
         if failures:
             # A non-transient failure is fatal whatever the other parts did; raise that one first.
-            raise next((exc for exc in failures if not isinstance(exc, _TRANSIENT_ERRORS)), failures[0])
+            raise next((exc for exc in failures if not _transient(exc)), failures[0])
 
     async def _write(self, tables: dict[models.Table, list[Row]]) -> None:
         async with self._pool.acquire() as conn:
@@ -354,7 +370,10 @@ class Writer:
             except Exception:
                 # After an aborted transaction the staging tables may hold dead rows, which would break
                 # the ctid = arrival order the dedupe relies on: start the next attempt on a fresh session.
-                conn.terminate()
+                # A connection the outage already closed (or the pool took back) cannot be terminated; that
+                # must not replace the error that says what happened.
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
                 raise
 
 
