@@ -616,11 +616,17 @@ async def _restart_mid_run(setup: Setup, server: fixtures_db.EmbeddedServer, pro
         assert await buffered() > 0
     else:
         await until(lambda: _at_least(buffered(), buffer_max_rows), 15, daemon)
-        # Fetching pauses: no Graph call leaves while every worker waits for the writer.
+        # Fetching pauses: once the jobs in flight reach their next write, every worker waits for the writer
+        # and no Graph call leaves (a job may make a few calls before its first write, e.g. demographics).
         await asyncio.sleep(max(1.0, 3.0 - (time.monotonic() - down)))
+        quiet_deadline = time.monotonic() + 15
         calls = setup.sim.stats.calls
-        await asyncio.sleep(1.0)
-        assert setup.sim.stats.calls == calls
+        while True:
+            await asyncio.sleep(1.0)
+            if setup.sim.stats.calls == calls:
+                break
+            assert time.monotonic() < quiet_deadline, "fetching never paused behind the full writer buffer"
+            calls = setup.sim.stats.calls
     assert daemon.proc is not None and daemon.proc.returncode is None
 
     await asyncio.to_thread(server.start)
