@@ -1,4 +1,4 @@
-"""Collection: one job for one account, Graph API → rows → writer; and a whole pass over every account.
+"""Collection: one job for one account, Graph API → rows → writer (the whole pass is `passes`).
 
 Each job turns Meta's answers into the row types of `models` and hands them to the writer; nothing here
 touches SQL except the two small reads of state (followers count, media refresh times). Data Meta does not
@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import structlog
@@ -22,6 +21,7 @@ from collector import (
     catalogue,
     exceptions,
     graph,
+    jobs,
     metrics,
     models,
     pacific,
@@ -33,7 +33,6 @@ from collector.storage import writer as storage_writer
 
 log = structlog.get_logger("collector.collect")
 
-T = TypeVar("T")
 MediaDue = Callable[[datetime | None, datetime | None, datetime], bool]
 
 PROFILE_FIELDS = "id,username,followers_count,media_count"
@@ -54,69 +53,6 @@ FOLLOWER_COUNT_DAYS = 30
 # "An unknown error occurred".
 _BREAKDOWN_REFUSED = re.compile(r"unknown error has occurred", re.IGNORECASE)
 _LAST_30_DAYS = re.compile(r"last \d+ days", re.IGNORECASE)
-
-@dataclass(frozen=True, slots=True)
-class JobOutcome:
-    status: str  # "ok", "failed" (transient, gave up), or an account status reason (token_invalid, ...)
-    detail: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def account_level(self) -> bool:
-        """The account cannot be collected at all (bad token, permissions, gone): skip its other jobs."""
-        return self.status in ACCOUNT_STATUSES
-
-
-# Account-level failures, as recorded in ig_account.status.
-ACCOUNT_STATUSES = frozenset({"token_invalid", "token_expired", "permission_denied", "not_found"})
-
-
-@dataclass(slots=True)
-class _Job:
-    """What one run of a job needs to carry: the account, the clock, and the items that failed."""
-
-    account: models.Account
-    now: datetime
-    failures: list[str] = field(default_factory=list)
-    user_id: int = field(init=False)  # the account id as stored (bigint); put in every row
-
-    def __post_init__(self) -> None:
-        self.user_id = int(self.account.ig_user_id)
-
-
-@dataclass(slots=True)
-class _Absences:
-    """Data Meta did not give for one object during one job, to be recorded in ig_unavailable."""
-
-    object_type: str
-    object_id: int
-    seen_at: datetime
-    counters: metrics.Metrics
-    rows: list[models.UnavailableRow] = field(default_factory=list)
-
-    def add(self, metric: str, reason: str, detail: str | None, scope: str = "") -> None:
-        self.rows.append(models.UnavailableRow(self.object_type, self.object_id, metric, scope, reason,
-                                               detail, self.seen_at))
-        self.counters.unavailable.labels(reason).inc()
-
-    def has(self, metric: str) -> bool:
-        return any(row.metric == metric for row in self.rows)
-
-
-def account_failure_status(error: exceptions.GraphError) -> str | None:
-    """The ig_account.status an error means for the whole account, or None when it is not account-level."""
-    if isinstance(error, exceptions.TokenInvalid):
-        # 463 is "expired"; a 190 without subcode says so only in its text ("Session has expired on ...").
-        expired = error.subcode == 463 or (
-            error.subcode is None and "session has expired" in str(error).lower())
-        return "token_expired" if expired else "token_invalid"
-    if isinstance(error, exceptions.PermissionDenied):
-        return "permission_denied"
-    return None
-
 
 class Collector:
     """Runs jobs for accounts. One per process; safe to use from many tasks at once."""
@@ -149,11 +85,12 @@ class Collector:
     # ------------------------------------------------------------------ jobs
 
     async def run_job(self, account: models.Account, job: models.Job, now: datetime, *,
-                      media_due: MediaDue | None = None, account_days: int | None = None) -> JobOutcome:
+                      media_due: MediaDue | None = None,
+                      account_days: int | None = None) -> jobs.JobOutcome:
         """Run one job for one account, record its state, and say how it went. Never raises for Graph
         errors: an account's trouble is recorded and reported, not propagated."""
-        run = _Job(account, now)
-        outcome: JobOutcome
+        run = jobs.JobRun(account, now)
+        outcome: jobs.JobOutcome
         try:
             if job is models.Job.PROFILE:
                 await self._profile(run)
@@ -165,14 +102,14 @@ class Collector:
                 await self._account_insights(run, account_days or self._collect.account_backfill_days)
             elif job is models.Job.DEMOGRAPHICS:
                 await self._demographics(run)
-            outcome = (JobOutcome("ok") if not run.failures
-                       else JobOutcome("failed", f"{len(run.failures)} items failed: {run.failures[0]}"))
+            outcome = (jobs.JobOutcome("ok") if not run.failures
+                       else jobs.JobOutcome("failed", f"{len(run.failures)} items failed: {run.failures[0]}"))
         except exceptions.ObjectNotFound as exc:
-            outcome = JobOutcome("not_found", exc.describe()) if job is models.Job.PROFILE \
-                else JobOutcome("failed", exc.describe())
+            outcome = jobs.JobOutcome("not_found", exc.describe()) if job is models.Job.PROFILE \
+                else jobs.JobOutcome("failed", exc.describe())
         except exceptions.GraphError as exc:
-            status = account_failure_status(exc)
-            outcome = JobOutcome(status or "failed", exc.describe())
+            status = jobs.account_failure_status(exc)
+            outcome = jobs.JobOutcome(status or "failed", exc.describe())
         if outcome.account_level:
             await self._writer.add(models.Table.ACCOUNT, [models.AccountRow(
                 run.user_id, None, account.login, None, None, outcome.status, outcome.detail,
@@ -186,7 +123,7 @@ class Collector:
                         detail=outcome.detail)
         return outcome
 
-    async def _profile(self, run: _Job) -> None:
+    async def _profile(self, run: jobs.JobRun) -> None:
         body = await self._client.get(run.account, run.account.ig_user_id, {"fields": PROFILE_FIELDS},
                                       endpoint="profile")
         followers = parsing.int_or_none(body.get("followers_count"))
@@ -195,7 +132,7 @@ class Collector:
             run.user_id, parsing.str_or_none(body.get("username")), run.account.login, followers,
             parsing.int_or_none(body.get("media_count")), "ok", None, datetime.now(UTC))])
 
-    async def _media(self, run: _Job, media_due: MediaDue | None) -> None:
+    async def _media(self, run: jobs.JobRun, media_due: MediaDue | None) -> None:
         cutoff = run.now - timedelta(days=self._collect.media_max_age_days)
         refreshed = await queries.media_refresh_state(self._pool, run.user_id) if media_due else {}
         listed = 0
@@ -226,13 +163,13 @@ class Collector:
                     and listed > MAX_PINNED):
                 break
 
-    async def _stories(self, run: _Job) -> None:
+    async def _stories(self, run: jobs.JobRun) -> None:
         async for page in self._walk(run, "stories", STORY_FIELDS):
             self._check_stop()
             stories = [m for m in (parsing.media_item(item, story=True) for item in page) if m is not None]
             await self._insights_for(run, stories, story=True)
 
-    async def _walk(self, run: _Job, edge: str,
+    async def _walk(self, run: jobs.JobRun, edge: str,
                     fields: tuple[str, ...]) -> AsyncIterator[list[dict[str, Any]]]:
         """The pages of a media edge. When Meta refuses a field we asked for before the first page (the
         Instagram Login host may not serve `media_product_type`, reference §1.1), that field is dropped for
@@ -257,7 +194,7 @@ class Collector:
                             error=exc.describe())
                 self._capabilities.learn(refused, *key)
 
-    async def _insights_for(self, run: _Job, media: Sequence[parsing.Media], *, story: bool) -> None:
+    async def _insights_for(self, run: jobs.JobRun, media: Sequence[parsing.Media], *, story: bool) -> None:
         """Fetch insights for each media (bounded per account), then store the media rows with the time
         their insights were refreshed."""
         async def one(item: parsing.Media) -> None:
@@ -267,9 +204,9 @@ class Collector:
             else:
                 await self._writer.add(models.Table.MEDIA, [_media_row(item, run)])
 
-        await _bounded(media, one, self._collect.media_concurrency_per_account)
+        await jobs.bounded(media, one, self._collect.media_concurrency_per_account)
 
-    async def _media_insights(self, run: _Job, media: parsing.Media) -> bool:
+    async def _media_insights(self, run: jobs.JobRun, media: parsing.Media) -> bool:
         """Insights of one media. True when Meta's answer is settled (values stored or recorded as
         unavailable); False when the call failed for now (retried on the next refresh)."""
         kind = (run.account.login, media.media_product_type, media.media_type)
@@ -283,11 +220,11 @@ class Collector:
         self._probed.add(plan.key)
         return settled
 
-    async def _media_insights_of_kind(self, run: _Job, media: parsing.Media,
+    async def _media_insights_of_kind(self, run: jobs.JobRun, media: parsing.Media,
                                       plan: catalogue.MediaPlan) -> bool:
         key = plan.key
         wanted = self._capabilities.usable(plan.metrics, *key)
-        absent = _Absences("media", media.media_id, run.now, self._metrics)
+        absent = jobs.Absences("media", media.media_id, run.now, self._metrics)
         record = absent.add
         expiring = plan.product == "STORY" and (
             media.posted_at is None or run.now - media.posted_at >= STORY_LIFETIME - STORY_EXPIRY_MARGIN)
@@ -312,13 +249,13 @@ class Collector:
                 record("*", models.UnavailableReason.OBJECT_GONE, exc.describe())
             items = None
         except exceptions.GraphError as exc:
-            if expiring and _permanent(exc):
+            if expiring and jobs.permanent(exc):
                 # Whatever Meta says about a story at the end of its life (code 10, 100, an unknown error)
                 # is about the story, not the account: never a failure that stops the account.
                 record("*", models.UnavailableReason.STORY_EXPIRED, exc.describe())
                 items = None
             else:
-                if account_failure_status(exc):
+                if jobs.account_failure_status(exc):
                     raise
                 run.failures.append(f"media {media.media_id}: {exc.describe()}")
                 log.warning("media_insights_failed", ig_user_id=run.account.ig_user_id,
@@ -340,8 +277,8 @@ class Collector:
             await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
         return True
 
-    async def _media_breakdowns(self, run: _Job, media: parsing.Media, plan: catalogue.MediaPlan, *,
-                                got: set[str], absent: _Absences) -> list[models.MediaInsightRow]:
+    async def _media_breakdowns(self, run: jobs.JobRun, media: parsing.Media, plan: catalogue.MediaPlan, *,
+                                got: set[str], absent: jobs.Absences) -> list[models.MediaInsightRow]:
         rows: list[models.MediaInsightRow] = []
         key = plan.key
         for metric, breakdown in plan.breakdowns:
@@ -361,7 +298,7 @@ class Collector:
                 absent.add(metric, models.UnavailableReason.UNSUPPORTED, exc.describe(), scope=breakdown)
                 continue
             except exceptions.GraphError as exc:
-                if account_failure_status(exc):
+                if jobs.account_failure_status(exc):
                     raise
                 run.failures.append(f"media {media.media_id} {metric} by {breakdown}: {exc.describe()}")
                 continue
@@ -400,10 +337,10 @@ class Collector:
             return data if isinstance(data, list) else []
         return []
 
-    async def _account_insights(self, run: _Job, day_count: int) -> None:
+    async def _account_insights(self, run: jobs.JobRun, day_count: int) -> None:
         days = pacific.complete_days(run.now, day_count)
         followers = await self._followers_of(run.account)
-        absent = _Absences("account", run.user_id, run.now, self._metrics)
+        absent = jobs.Absences("account", run.user_id, run.now, self._metrics)
 
         series = [m for m in self._catalogue.account_time_series()] + sorted(self._series_only)
         for metric in series:
@@ -418,11 +355,11 @@ class Collector:
             self._check_stop()
             await self._account_day_totals(run, day, absent=absent, followers=followers)
 
-        await _bounded(days, day_totals, self._collect.media_concurrency_per_account)
+        await jobs.bounded(days, day_totals, self._collect.media_concurrency_per_account)
         if absent.rows:
             await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
 
-    async def _account_series(self, run: _Job, metric: str, days: list[date], *, absent: _Absences,
+    async def _account_series(self, run: jobs.JobRun, metric: str, days: list[date], *, absent: jobs.Absences,
                               followers: int | None) -> None:
         """A daily time series (reach, follower_count) in as few ≤ 30-day windows as Meta allows."""
         pending = pacific.windows(days, self._window_s)
@@ -446,7 +383,7 @@ class Collector:
                 absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc))
                 return
             except exceptions.GraphError as exc:
-                if account_failure_status(exc):
+                if jobs.account_failure_status(exc):
                     raise
                 if (metric == catalogue.FOLLOWER_COUNT and isinstance(exc, exceptions.InvalidParameter)
                         and _LAST_30_DAYS.search(str(exc))):
@@ -473,7 +410,7 @@ class Collector:
                     absent.add(metric, self._absent_reason(metric, followers), "no value in Meta's answer",
                            scope=end.isoformat())
 
-    async def _account_day_totals(self, run: _Job, day: date, *, absent: _Absences,
+    async def _account_day_totals(self, run: jobs.JobRun, day: date, *, absent: jobs.Absences,
                                   followers: int | None) -> None:
         """Every total-value metric for one Pacific day, in one call: Meta gives one total per window."""
         key = ("account", run.account.login)
@@ -484,7 +421,7 @@ class Collector:
             await self._account_day_totals_call(run, day, absent=absent, followers=followers)
         self._probed.add(key)
 
-    async def _account_day_totals_call(self, run: _Job, day: date, *, absent: _Absences,
+    async def _account_day_totals_call(self, run: jobs.JobRun, day: date, *, absent: jobs.Absences,
                                        followers: int | None) -> None:
         end = pacific.day_end_utc(day)
         scope = end.isoformat()
@@ -500,7 +437,7 @@ class Collector:
             try:
                 items = await self._insights_dropping_unsupported(
                     run.account, run.account.ig_user_id, metrics, params=params, key=key,
-                    record=functools.partial(_scoped, absent, scope),
+                    record=functools.partial(jobs.scoped, absent, scope),
                     endpoint="account_insights")
             except exceptions.MetricTypeRequired as exc:
                 moved = set(exc.metrics) & set(metrics)
@@ -511,7 +448,7 @@ class Collector:
                 metrics = [m for m in metrics if m not in moved]
                 continue
             except exceptions.GraphError as exc:
-                if account_failure_status(exc):
+                if jobs.account_failure_status(exc):
                     raise
                 run.failures.append(f"account totals {day}: {exc.describe()}")
                 return
@@ -527,12 +464,12 @@ class Collector:
                 absent.add(metric, self._absent_reason(metric, followers), "no value in Meta's answer",
                            scope=scope)
 
-    async def _demographics(self, run: _Job) -> None:
+    async def _demographics(self, run: jobs.JobRun) -> None:
         followers = await self._followers_of(run.account)
         timeframe = self._collect.demographics_timeframe
         end = pacific.day_end_utc(pacific.today(run.now))
         rows: list[models.AccountInsightRow] = []
-        absent = _Absences("account", run.user_id, run.now, self._metrics)
+        absent = jobs.Absences("account", run.user_id, run.now, self._metrics)
         record = absent.add
 
         for metric in self._catalogue.demographics():
@@ -547,7 +484,7 @@ class Collector:
                         {"metric": metric, "period": "lifetime", "metric_type": "total_value",
                          "timeframe": timeframe, "breakdown": breakdown}, endpoint="account_insights")
                 except exceptions.GraphError as exc:
-                    if account_failure_status(exc):
+                    if jobs.account_failure_status(exc):
                         raise
                     refused = isinstance(exc, exceptions.UnsupportedMetric | exceptions.InvalidParameter) or (
                         isinstance(exc, exceptions.ServerError) and _BREAKDOWN_REFUSED.search(str(exc)))
@@ -568,8 +505,9 @@ class Collector:
         if absent.rows:
             await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
 
-    async def _online_followers(self, run: _Job, followers: int | None, rows: list[models.AccountInsightRow],
-                                absent: _Absences) -> None:
+    async def _online_followers(self, run: jobs.JobRun, followers: int | None,
+                                rows: list[models.AccountInsightRow],
+                                absent: jobs.Absences) -> None:
         """online_followers: per day an hour → followers map; stored as breakdown 'hour', dimension
         '0'..'23'."""
         metric = catalogue.ONLINE_FOLLOWERS
@@ -581,7 +519,7 @@ class Collector:
             absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), "")
             return
         except exceptions.GraphError as exc:
-            if account_failure_status(exc):
+            if jobs.account_failure_status(exc):
                 raise
             run.failures.append(f"{metric}: {exc.describe()}")
             return
@@ -621,52 +559,7 @@ class Collector:
             raise exceptions.ShutdownRequested()
 
 
-def _permanent(error: exceptions.GraphError) -> bool:
-    """Another try would get the same answer: not a throttle, a token problem, a transport fault or a 5xx."""
-    if isinstance(error, exceptions.Throttled | exceptions.TokenInvalid | exceptions.GraphTransportError):
-        return False
-    if isinstance(error, exceptions.ServerError):
-        return error.http_status is not None and error.http_status < 500 and not error.is_transient
-    return True
-
-
-def _scoped(absent: _Absences, scope: str, metric: str, reason: str, detail: str | None) -> None:
-    absent.add(metric, reason, detail, scope)
-
-
-def _media_row(media: parsing.Media, run: _Job, *, refreshed: bool = False) -> models.MediaRow:
+def _media_row(media: parsing.Media, run: jobs.JobRun, *, refreshed: bool = False) -> models.MediaRow:
     return models.MediaRow(media.media_id, run.user_id, media.media_type, media.media_product_type,
                            media.posted_at, media.permalink, media.like_count, media.comments_count,
                            run.now, run.now if refreshed else None)
-
-
-async def _bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:
-    """Run `work` for every item, at most `limit` at once; the first error cancels the rest and is raised
-    as itself (not an ExceptionGroup).
-
-    `limit` workers take the items in turn, rather than a task per item behind a semaphore: a task and a
-    semaphore round per media or day cost ~10 % of the collector's CPU (docs/benchmarks.md).
-    """
-    queue = list(items)
-    count = min(max(1, limit), len(queue))
-    if count <= 1:
-        for item in queue:
-            await work(item)
-        return
-    pending = iter(queue)
-
-    async def worker() -> None:
-        for item in pending:
-            await work(item)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(count):
-                group.create_task(worker())
-    except BaseExceptionGroup as errors:
-        first = errors.exceptions[0]
-        for error in errors.exceptions:  # an account-level Graph error outranks whatever else failed
-            if isinstance(error, exceptions.GraphError) and account_failure_status(error):
-                first = error
-                break
-        raise first from None

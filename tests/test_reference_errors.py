@@ -7,7 +7,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from collector import collect, exceptions, graph_errors
+from collector import exceptions, graph_errors, jobs
 from tests.test_graph_client import ACCOUNT_A, FakeGraph, assert_token_free, exception_text, fake, make_rig
 
 __all__ = ["fake"]  # the fixture, imported so pytest finds it here
@@ -92,12 +92,12 @@ def test_plain_429_is_a_throttle(raw: bytes) -> None:
 def test_token_expired_vs_invalid(subcode: int | None, message: str, status: str) -> None:
     extra = {} if subcode is None else {"error_subcode": subcode}
     error = graph_errors.classify(400, body(message=message, code=190, **extra))
-    assert collect.account_failure_status(error) == status
+    assert jobs.account_failure_status(error) == status
 
 
 def test_code_102_is_token_invalid_for_the_account() -> None:
     error = graph_errors.classify(400, body(message="Session key invalid", code=102))
-    assert collect.account_failure_status(error) == "token_invalid"
+    assert jobs.account_failure_status(error) == "token_invalid"
 
 
 # -- over real HTTP ------------------------------------------------------------------------------------------
