@@ -133,3 +133,14 @@ def write_config(directory: Path, sim: RunningSimulator, dsn: str, *,
     path = directory / "config.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def boundary_stories(world: world_mod.World, accounts: Iterable[world_mod.SimAccount],
+                     since_s: float) -> set[str]:
+    """Stories live at only one end of the span from `since_s` to now: one that expired (or was posted)
+    while a pass ran may or may not have been collected, so tests leave these out of exact comparisons."""
+    chosen = list(accounts)
+    at_start = {s.media_id for a in chosen for s in world.stories_of(a.ig_user_id, at=since_s)}
+    at_end = {s.media_id for a in chosen for s in world.stories_of(a.ig_user_id)}
+    return at_start ^ at_end
+
