@@ -255,9 +255,7 @@ class Collector:
                 record("*", models.UnavailableReason.STORY_EXPIRED, exc.describe())
                 items = None
             else:
-                if jobs.account_failure_status(exc):
-                    raise
-                run.failures.append(f"media {media.media_id}: {exc.describe()}")
+                run.item_failed(f"media {media.media_id}", exc)
                 log.warning("media_insights_failed", ig_user_id=run.account.ig_user_id,
                             media_id=media.media_id, error=exc.describe())
                 return False
@@ -288,19 +286,13 @@ class Collector:
                 body = await self._client.get(run.account, f"{media.media_id}/insights",
                                               {"metric": metric, "breakdown": breakdown},
                                               endpoint="media_insights")
-            except (exceptions.UnsupportedMetric, exceptions.InvalidParameter, exceptions.ServerError) as exc:
-                # "An unknown error has occurred." is how Meta refuses a breakdown (reference §3.1).
-                if isinstance(exc, exceptions.ServerError) and exc.is_transient:
-                    run.failures.append(f"media {media.media_id} {metric} by {breakdown}: {exc.describe()}")
+            except exceptions.GraphError as exc:
+                if not _breakdown_refused(exc):
+                    run.item_failed(f"media {media.media_id} {metric} by {breakdown}", exc)
                     continue
                 if key:
                     self._capabilities.learn([breakdown], *key, metric)
                 absent.add(metric, models.UnavailableReason.UNSUPPORTED, exc.describe(), scope=breakdown)
-                continue
-            except exceptions.GraphError as exc:
-                if jobs.account_failure_status(exc):
-                    raise
-                run.failures.append(f"media {media.media_id} {metric} by {breakdown}: {exc.describe()}")
                 continue
             rows.extend(models.MediaInsightRow(media.media_id, v.metric, v.breakdown, v.dimension, v.value,
                                                run.now)
@@ -383,8 +375,6 @@ class Collector:
                 absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc))
                 return
             except exceptions.GraphError as exc:
-                if jobs.account_failure_status(exc):
-                    raise
                 if (metric == catalogue.FOLLOWER_COUNT and isinstance(exc, exceptions.InvalidParameter)
                         and _LAST_30_DAYS.search(str(exc))):
                     # Meta's 30 days are shorter than ours: the oldest day is out of its reach.
@@ -395,7 +385,7 @@ class Collector:
                     if len(window) > 1:
                         pending.insert(0, window[1:])
                     continue
-                run.failures.append(f"{metric} {window[0]}..{window[-1]}: {exc.describe()}")
+                run.item_failed(f"{metric} {window[0]}..{window[-1]}", exc)
                 continue
             values = [v for v in parsing.parse_insight_items(body.get("data") or ())
                       if v.end_time is not None]
@@ -448,9 +438,7 @@ class Collector:
                 metrics = [m for m in metrics if m not in moved]
                 continue
             except exceptions.GraphError as exc:
-                if jobs.account_failure_status(exc):
-                    raise
-                run.failures.append(f"account totals {day}: {exc.describe()}")
+                run.item_failed(f"account totals {day}", exc)
                 return
             break
         values = [v for v in parsing.parse_insight_items(items)]
@@ -484,12 +472,8 @@ class Collector:
                         {"metric": metric, "period": "lifetime", "metric_type": "total_value",
                          "timeframe": timeframe, "breakdown": breakdown}, endpoint="account_insights")
                 except exceptions.GraphError as exc:
-                    if jobs.account_failure_status(exc):
-                        raise
-                    refused = isinstance(exc, exceptions.UnsupportedMetric | exceptions.InvalidParameter) or (
-                        isinstance(exc, exceptions.ServerError) and _BREAKDOWN_REFUSED.search(str(exc)))
-                    if not refused:
-                        run.failures.append(f"{metric} by {breakdown}: {exc.describe()}")
+                    if not _breakdown_refused(exc):
+                        run.item_failed(f"{metric} by {breakdown}", exc)
                         continue
                     self._capabilities.learn([breakdown], "demographics", metric)
                     record(metric, models.UnavailableReason.UNSUPPORTED, str(exc), scope)
@@ -519,9 +503,7 @@ class Collector:
             absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), "")
             return
         except exceptions.GraphError as exc:
-            if jobs.account_failure_status(exc):
-                raise
-            run.failures.append(f"{metric}: {exc.describe()}")
+            run.item_failed(metric, exc)
             return
         found = False
         data = body.get("data")
@@ -557,6 +539,14 @@ class Collector:
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise exceptions.ShutdownRequested()
+
+
+def _breakdown_refused(error: exceptions.GraphError) -> bool:
+    """Meta refuses a breakdown with a code-100 error or "An unknown error has occurred." (reference §2.1,
+    §3.1); any other error is a failure to retry later, not something to learn."""
+    if isinstance(error, exceptions.UnsupportedMetric | exceptions.InvalidParameter):
+        return True
+    return isinstance(error, exceptions.ServerError) and bool(_BREAKDOWN_REFUSED.search(str(error)))
 
 
 def _media_row(media: parsing.Media, run: jobs.JobRun, *, refreshed: bool = False) -> models.MediaRow:

@@ -48,6 +48,13 @@ class JobRun:
     def __post_init__(self) -> None:
         self.user_id = int(self.account.ig_user_id)
 
+    def item_failed(self, what: str, error: exceptions.GraphError) -> None:
+        """One item of the job failed for now (retried on the next run). An account-level error (token,
+        permission) is not an item's: it is raised, and fails the job and the account."""
+        if account_failure_status(error):
+            raise error
+        self.failures.append(f"{what}: {error.describe()}")
+
 
 @dataclass(slots=True)
 class Absences:
