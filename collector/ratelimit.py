@@ -22,12 +22,16 @@ scope instead hands out reservations spaced `1 / (rate * fraction)` apart (a vir
 waiter sleeps once, in arrival order, no polling). An unslowed scope skips that step entirely, so the hot
 path is a few attribute reads plus the aiolimiter acquires (2.5-5 µs per slot measured, when nothing waits).
 A scope whose ceiling is disabled (rate 0) has no rate to slow: usage headers can only pause it.
-aiolimiter is not FIFO under contention; per-account limiters keep that unfairness inside one account.
+
+aiolimiter stays the rate source (its bucket level decides), but callers never wait inside it: a FIFO
+`_Gate` per limiter lets only the head of the queue look for a token (see `_Gate` for why: aiolimiter
+alone is unfair and re-wakes its waiters under contention, and spins on uvloop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import random
 import time
@@ -48,6 +52,7 @@ BUC_USAGE_HEADER = "X-Business-Use-Case-Usage"
 _APP_BUCKET_S = 0.1  # the app limiter's bucket holds this many seconds of calls
 _WAKE_SPREAD_FRACTION = 0.1  # waiters wake within 10 % of the pause length after it ends ...
 _WAKE_SPREAD_MAX_S = 2.0  # ... and at most this late
+_MIN_SLEEP_S = 0.001  # uvloop runs shorter timers at once (whole milliseconds): never sleep less
 _USAGE_FIELDS = ("call_count", "total_cputime", "total_time")
 
 
@@ -133,13 +138,73 @@ def _number(value: object) -> float | None:
     return None
 
 
+class _Gate:
+    """FIFO admission through one `AsyncLimiter`: only the task at the head of the queue looks for a token.
+
+    aiolimiter alone is costly and unfair under contention (docs/benchmarks.md, limits.md): it wakes a
+    waiter with no token reserved for it, a task arriving meanwhile takes the token, and the woken one
+    re-queues at the back; with hundreds of waiters each token cost ~200 µs of wake-ups and some waiters
+    starved for seconds. And on uvloop its timer spins: uvloop runs a delay under 0.5 ms at once (it
+    rounds to whole milliseconds) while the next token is often that close.
+
+    Here the others wait on a future each and are handed the gate in arrival order (the gate stays taken
+    across a hand-over, so no newcomer slips in between). The head takes a token when the limiter has one
+    (`acquire()` then does not suspend) and otherwise sleeps one token interval, at least 1 ms: with the
+    level at most the bucket size, one interval always frees a token, and while callers are queued the
+    bucket keeps draining, so the steady rate stays aiolimiter's (a rate above 1,000/s is served a few
+    tokens per wake-up).
+    """
+
+    __slots__ = ("_busy", "_interval_s", "_limiter", "_queue")
+
+    def __init__(self, limiter: aiolimiter.AsyncLimiter) -> None:
+        self._limiter = limiter
+        self._interval_s = max(_MIN_SLEEP_S, limiter.time_period / limiter.max_rate)
+        self._busy = False
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        limiter = self._limiter
+        if not self._busy:
+            if limiter.has_capacity():  # the hot path: nobody queued, a token free
+                await limiter.acquire()
+                return
+            self._busy = True
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            self._queue.append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                # Cancelled after being handed the gate but before running: pass it on, or it leaks.
+                if turn.done() and not turn.cancelled():
+                    self._hand_over()
+                raise
+        try:
+            # Polling on purpose (not an Event): nothing signals a token; it appears as time passes.
+            while not limiter.has_capacity():  # noqa: ASYNC110
+                await asyncio.sleep(self._interval_s)
+            await limiter.acquire()
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        queue = self._queue
+        while queue:
+            turn = queue.popleft()
+            if not turn.done():  # skip the waiters cancelled while queued
+                turn.set_result(None)
+                return
+        self._busy = False
+
+
 class _ScopeState:
     """Limiter, pause and pacing of one app host or one account."""
 
-    __slots__ = ("fraction", "limiter", "next_slot_at", "paused_until", "rate_per_s")
+    __slots__ = ("fraction", "gate", "next_slot_at", "paused_until", "rate_per_s")
 
     def __init__(self, limiter: aiolimiter.AsyncLimiter | None, rate_per_s: float) -> None:
-        self.limiter = limiter
+        self.gate = None if limiter is None else _Gate(limiter)
         self.rate_per_s = rate_per_s
         self.paused_until = 0.0
         self.fraction = 1.0
@@ -214,8 +279,8 @@ class Throttle:
             # the usage headers climbed would still go at the faster rate of when it started waiting
             # (measured: up to `media_concurrency_per_account` calls past the slow-down, and a block).
             waited = False
-            if account is not None and account.limiter is not None:
-                await account.limiter.acquire()
+            if account is not None and account.gate is not None:
+                await account.gate.acquire()
                 now = self._clock()
                 waited = True
             pacing_s = app.reserve(now)
@@ -224,8 +289,8 @@ class Throttle:
             if pacing_s > 0:
                 await asyncio.sleep(pacing_s)
                 waited = True
-            if app.limiter is not None:
-                await app.limiter.acquire()
+            if app.gate is not None:
+                await app.gate.acquire()
                 waited = True
             if not waited:  # nothing yielded to the loop since the pause check: no pause can have begun
                 return

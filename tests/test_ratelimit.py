@@ -266,3 +266,72 @@ async def test_calls_queued_behind_the_limiter_go_at_the_rate_in_force_when_they
 
     await asyncio.gather(*(call() for _ in range(5)))  # four wait for the limiter meanwhile
     assert left[-1] - left[1] >= 0.55  # 3 gaps of 0.2 s, not 0.02 s as at the ceiling of 50/s
+
+
+# -- the FIFO gate in front of each limiter ------------------------------------------------------------------
+
+async def test_contended_limiter_admits_in_arrival_order_and_shares_evenly() -> None:
+    # 40 tasks of one account call in a loop against the app limiter (400/s, a bucket of 40): each waits its
+    # turn, so over ~0.4 s every task gets the same number of calls, give or take the one in progress.
+    throttle, _ = make(app_calls_per_s=400.0, account_calls_per_s=0)
+    order: list[int] = []
+    stop = time.monotonic() + 0.4
+
+    async def caller(i: int) -> None:
+        while time.monotonic() < stop:
+            async with throttle.slot(HOST, "1"):
+                order.append(i)
+                await asyncio.sleep(0)  # the call itself (a free token is taken without yielding)
+
+    await asyncio.gather(*(caller(i) for i in range(40)))
+    counts = [order.count(i) for i in range(40)]
+    assert max(counts) - min(counts) <= 1, counts
+    assert order[40:80] == order[:40]  # after the burst: round after round in the same order
+
+
+async def test_rate_and_first_second_burst_stay_aiolimiters() -> None:
+    # 2,000/s per host holds 0.1 s of calls (200): with 50 callers, ~200 + 2,000 * 0.5 calls in 0.5 s.
+    throttle, _ = make(app_calls_per_s=2000.0, account_calls_per_s=0)
+    admitted: list[float] = []
+    started = time.monotonic()
+
+    async def caller(i: int) -> None:
+        while time.monotonic() - started < 0.5:
+            async with throttle.slot(HOST, str(i)):
+                admitted.append(time.monotonic() - started)
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(caller(i) for i in range(50)))
+    assert 180 <= sum(1 for t in admitted if t < 0.01) <= 220  # the bucket, at once
+    assert 1100 <= sum(1 for t in admitted if t < 0.5) <= 1230
+    assert 1700 <= len([t for t in admitted if 0.1 <= t < 0.5]) / 0.4 <= 2100  # the steady rate
+
+
+async def test_cancelled_waiters_do_not_leak_the_gate() -> None:
+    throttle, _ = make(account_calls_per_s=20.0, account_burst=1, app_calls_per_s=0)
+    async with throttle.slot(HOST, "1"):
+        pass  # the bucket's one token: the next caller waits ~50 ms at the head, the others queue behind
+    admitted: list[str] = []
+
+    async def call(name: str) -> None:
+        async with throttle.slot(HOST, "1"):
+            admitted.append(name)
+            if name == "head":
+                # `handed` was just handed the gate but has not run yet: cancelled now, it must pass it on.
+                tasks["handed"].cancel()
+
+    tasks: dict[str, asyncio.Task[None]] = {}
+    for name in ("head", "queued", "handed", "last"):
+        tasks[name] = asyncio.create_task(call(name))
+        await asyncio.sleep(0)
+    tasks["queued"].cancel()  # cancelled while waiting in the queue
+    await asyncio.wait_for(asyncio.gather(*tasks.values(), return_exceptions=True), 1.0)
+    assert admitted == ["head", "last"]
+    assert tasks["handed"].cancelled() and tasks["queued"].cancelled()
+    # The head itself cancelled while it sleeps for the token: the gate is free for the next caller.
+    sleeper = asyncio.create_task(call("sleeper"))
+    await asyncio.sleep(0.01)
+    sleeper.cancel()
+    started = time.monotonic()
+    await asyncio.wait_for(call("after"), 1.0)
+    assert admitted[-1] == "after" and time.monotonic() - started < 0.1
