@@ -66,26 +66,13 @@ def load(path: Path) -> settings.Config:
     return _Loader(path).load()
 
 
-def mask_dsn(dsn: str) -> str:
-    """`dsn` with any password replaced by ``***`` (URL or key=value form), for printing."""
-    if "://" in dsn:
-        parts = urllib.parse.urlsplit(dsn)
-        if parts.password is not None:
-            host = parts.netloc.rpartition("@")[2]
-            netloc = f"{parts.username or ''}:***@{host}"
-            parts = parts._replace(netloc=netloc)
-        query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-        return urllib.parse.urlunsplit(parts._replace(query=query))
-    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-
-
 def database_target(config: settings.Config) -> str:
     """Which database the collector will use, password masked (check-config, logs)."""
     if config.database.url:
-        return mask_dsn(config.database.url)
+        return redaction.mask_dsn(config.database.url)
     env = os.environ.get("DATABASE_URL")
     if env:
-        return f"$DATABASE_URL ({mask_dsn(env)})"
+        return f"$DATABASE_URL ({redaction.mask_dsn(env)})"
     return f"embedded PostgreSQL in {config.database.embedded_dir}"
 
 

@@ -44,7 +44,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from collector import config, logs, metrics, passes  # noqa: E402
+from collector import config, logs, metrics, passes, redaction  # noqa: E402
 from collector.simulator import faults  # noqa: E402
 from collector.storage import db, migrations  # noqa: E402
 
@@ -109,7 +109,7 @@ async def database(state_dir: Path) -> AsyncIterator[tuple[str, str]]:
         await admin.execute(f'CREATE DATABASE "{scratch}"')
         dsn = urllib.parse.urlunsplit(urllib.parse.urlsplit(server)._replace(path=f"/{scratch}"))
         await _migrate(dsn)
-        yield dsn, f"scratch database on {db.mask_dsn(server)}"
+        yield dsn, f"scratch database on {redaction.mask_dsn(server)}"
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
         await admin.close()

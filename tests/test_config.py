@@ -267,7 +267,7 @@ def test_unreadable_accounts_file(tmp_path: Path) -> None:
 
 
 def test_mask_dsn() -> None:
-    assert config.mask_dsn("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert config.mask_dsn("postgresql://u@h/db?password=secret&x=1") == "postgresql://u@h/db?password=***&x=1"
-    assert config.mask_dsn("host=h password=secret dbname=x") == "host=h password=*** dbname=x"
-    assert config.mask_dsn("postgresql://root@127.0.0.1:5432/test") == "postgresql://root@127.0.0.1:5432/test"
+    assert redaction.mask_dsn("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redaction.mask_dsn("postgresql://u@h/db?password=secret&x=1") == "postgresql://u@h/db?password=***&x=1"
+    assert redaction.mask_dsn("host=h password=secret dbname=x") == "host=h password=*** dbname=x"
+    assert redaction.mask_dsn("postgresql://root@127.0.0.1:5432/test") == "postgresql://root@127.0.0.1:5432/test"

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector import exceptions, models, settings
+from collector import exceptions, models, redaction, settings
 from collector.storage import db, migrations, queries, writer
 
 EXPECTED_TABLES = {
@@ -73,12 +73,12 @@ async def test_newer_database_is_refused(pool: asyncpg.Pool) -> None:
 
 
 def test_mask_dsn() -> None:
-    assert db.mask_dsn("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
-    assert db.mask_dsn("postgresql://bob@db/x") == "postgresql://bob@db/x"
-    assert db.mask_dsn("postgresql://db/x?user=bob&password=s3cret&sslmode=require") == (
+    assert redaction.mask_dsn("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert redaction.mask_dsn("postgresql://bob@db/x") == "postgresql://bob@db/x"
+    assert redaction.mask_dsn("postgresql://db/x?user=bob&password=s3cret&sslmode=require") == (
         "postgresql://db/x?user=bob&password=***&sslmode=require")
     keywords = "host=db user=bob password=s3cret dbname=x"
-    assert db.mask_dsn(keywords) == "host=db user=bob password=*** dbname=x"
+    assert redaction.mask_dsn(keywords) == "host=db user=bob password=*** dbname=x"
 
 
 async def test_unreachable_database_raises_storage_error_without_password() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import types
 import urllib.parse
 import warnings
@@ -19,27 +18,13 @@ from pathlib import Path
 import asyncpg
 import structlog
 
-from collector import exceptions, settings
+from collector import exceptions, redaction, settings
 from collector.storage import migrations
 
 EMBEDDED_DATABASE = "ig_collector"
 _DEFAULT_EMBEDDED_DIR = settings.DatabaseSettings().embedded_dir
 
 _log = structlog.get_logger(__name__)
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by `***` (URL userinfo, `?password=`, or `password=` keyword)."""
-    if "://" not in dsn:
-        return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn)
-    parts = urllib.parse.urlsplit(dsn)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostinfo = netloc.rpartition("@")
-        user, has_password, _ = userinfo.partition(":")
-        netloc = f"{user}:***@{hostinfo}" if has_password else netloc
-    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class Database:
@@ -83,7 +68,7 @@ async def open_database(db_settings: settings.DatabaseSettings, *, state_dir: Pa
         if state_dir is not None and data_dir == _DEFAULT_EMBEDDED_DIR:
             data_dir = state_dir / "postgres"
         dsn = await asyncio.to_thread(start_embedded, data_dir)
-    shown = mask_dsn(dsn)
+    shown = redaction.mask_dsn(dsn)
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -127,5 +112,5 @@ def load_pgserver() -> types.ModuleType:
 
 def _strip_secret(text: str, dsn: str) -> str:
     password = urllib.parse.urlsplit(dsn).password if "://" in dsn else None
-    text = text.replace(dsn, mask_dsn(dsn))
+    text = text.replace(dsn, redaction.mask_dsn(dsn))
     return text.replace(password, "***") if password else text
