@@ -24,7 +24,7 @@ import random
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -62,12 +62,13 @@ class _Target:
         self.path_prefix = f"{prefix}/{version}/" if version else f"{prefix}/"
         self.where_prefix = f"{base_url}/{version}/" if version else f"{base_url}/"
 
-    def url(self, path: str, query: Mapping[str, str]) -> yarl.URL:
+    def url(self, path: str, query_string: str) -> yarl.URL:
+        """The request URL of `path` with an already encoded query string (`encode_query`)."""
         path = path.lstrip("/")
         if not _PLAIN_PATH.fullmatch(path):
             path = urllib.parse.quote(path, safe="/")
         return yarl.URL.build(scheme=self.scheme, authority=self.authority, path=self.path_prefix + path,
-                              query_string=encode_query(query), encoded=True)
+                              query_string=query_string, encoded=True)
 
 
 def encode_query(query: Mapping[str, str]) -> str:
@@ -106,6 +107,7 @@ class GraphClient:
         self._version_logged: set[str] = set()
         self._ok_calls: dict[str, Any] = {}  # endpoint -> graph_calls child for 200 (hot path)
         self._targets: dict[tuple[str, bool], _Target] = {}  # (base URL, versioned) -> parsed parts
+        self._latency = metrics.graph_request_seconds.observe  # bound once: called per request
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -138,15 +140,15 @@ class GraphClient:
 
     # -- public calls ----------------------------------------------------------------------------------------
 
-    async def get(self, account: models.Account, path: str, params: Mapping[str, str] | None = None, *,
-                  endpoint: str) -> dict[str, Any]:
-        """GET `{base_url(login)}/{api_version}/{path}` for `account`; the decoded JSON object.
+    def get(self, account: models.Account, path: str, params: Mapping[str, str] | None = None, *,
+            endpoint: str) -> Coroutine[Any, Any, dict[str, Any]]:
+        """GET `{base_url(login)}/{api_version}/{path}` for `account`; await it for the decoded JSON object.
 
-        Raises the classified `GraphError` once the retry policy gives up.
+        Raises the classified `GraphError` once the retry policy gives up. A plain method handing back the
+        `_call` coroutine: no coroutine frame of its own to pass through at every resume (the hot path).
         """
-        return await self._call(login=account.login, token=account.access_token,
-                                account_id=account.ig_user_id, path=path, params=params,
-                                endpoint=endpoint, versioned=True)
+        return self._call(login=account.login, token=account.access_token, account_id=account.ig_user_id,
+                          path=path, params=params, endpoint=endpoint, versioned=True)
 
     async def get_with_token(self, login: models.Login, token: models.Secret | None, path: str,
                              params: Mapping[str, str] | None = None, *, endpoint: str = "token",
@@ -217,114 +219,143 @@ class GraphClient:
     async def _call(self, *, login: models.Login, token: models.Secret | None, account_id: str | None,
                     path: str, params: Mapping[str, str] | None, endpoint: str,
                     versioned: bool) -> dict[str, Any]:
+        """Throttle, send, classify, retry. The HTTP exchange is inline rather than a coroutine of its own:
+        one coroutine frame less per call and per resume (docs/benchmarks.md, Fix 3); the rarer outcomes
+        are plain methods."""
         if self._state is not _State.OPENED:
             raise RuntimeError(f"GraphClient is {self._state.value}; use it inside `async with`")
+        session, in_flight = self._session, self._in_flight
+        assert session is not None and in_flight is not None  # guaranteed by the OPENED state
         host = self._settings.base_url(login)
-        target = self._targets.get((host, versioned)) or self._target(host, versioned)
-        where = target.where_prefix + path.lstrip("/")  # token-free: what messages and logs may name
-        query = dict(params) if params else {}
-        if token:
-            secret = token.reveal()
-            if secret not in self._known_tokens:
-                self._known_tokens.add(secret)
-                redaction.register_secret(secret)
-            query["access_token"] = secret
-        url = target.url(path, query)
-        transient_failures = 0
-        throttle_failures = 0
+        query: Mapping[str, str] = params or {}  # the token is added to the URL only (a caller's is replaced)
+        where, url = self._request(host, versioned, path, query, token)
+        transient_failures = throttle_failures = 0
         while True:
             if self._state is not _State.OPENED:  # closed while this call waited to (re)try
                 raise RuntimeError(f"GraphClient is {self._state.value}; the call was abandoned")
             await self._throttle.acquire(host, account_id)
-            error, body = await self._send(url, where, query, host=host, account_id=account_id,
-                                           endpoint=endpoint, versioned=versioned)
+            error: exceptions.GraphError | None = None
+            async with in_flight:
+                started = time.perf_counter()
+                try:
+                    async with session.get(url) as response:
+                        raw = await response.read()
+                        status = response.status
+                        headers = response.headers
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    error = self._transport_failure(where, endpoint, exc)
+                finally:
+                    self._latency(time.perf_counter() - started)
             if error is None:
-                return body
+                regain_s = self._throttle.observe(host, account_id, headers)
+                if versioned:
+                    self._check_version(host, headers.get(_VERSION_HEADER))
+                decoded: Any = None
+                if 200 <= status < 300:
+                    try:
+                        decoded = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        decoded = _UNREADABLE
+                    if isinstance(decoded, dict) and not isinstance(decoded.get("error"), dict):
+                        (self._ok_calls.get(endpoint) or self._ok_child(endpoint)).inc()
+                        return decoded
+                error = self._failure(where, endpoint, query=query, status=status, raw=raw, decoded=decoded,
+                                      headers=headers, regain_s=regain_s)
             if self._state is not _State.OPENED:  # closed during the call: no retry
                 raise error
             if isinstance(error, exceptions.Throttled):
                 throttle_failures += 1
-                self._metrics.throttles.labels(scope=error.scope, code=str(error.code)).inc()
-                wait_s = self._retry.decide(error, throttle_failures, self._rand())
-                if wait_s is None:
-                    raise error
-                scope: ratelimit.Scope = "app" if error.scope == "app" else "account"
-                key = host if scope == "app" else account_id
-                if key is not None:
-                    # The pause, not a sleep here, holds this call: every call of the scope waits with it.
-                    self._throttle.pause(scope, key, wait_s)
-                self._metrics.graph_retries.labels(reason="throttled").inc()
-                _log.warning("graph_throttled", account=account_id, scope=scope, code=error.code,
-                             wait_s=round(wait_s, 3), attempt=throttle_failures, endpoint=endpoint,
-                             regain_s=error.regain_s, path=path, params=_loggable(query))
-                if key is None:
-                    await asyncio.sleep(wait_s)
-                continue
-            if retry.is_transient(error):
+                attempt = throttle_failures
+            elif retry.is_transient(error):
                 transient_failures += 1
-                wait_s = self._retry.decide(error, transient_failures, self._rand())
-                if wait_s is None:
-                    raise error
-                reason = "transport" if isinstance(error, exceptions.GraphTransportError) else "server"
-                self._metrics.graph_retries.labels(reason=reason).inc()
-                _log.info("graph_retry", account=account_id, scope="call", code=error.code,
-                          http_status=error.http_status, wait_s=round(wait_s, 3),
-                          attempt=transient_failures, endpoint=endpoint, error=error.describe(),
-                          path=path, params=_loggable(query))
-                await asyncio.sleep(wait_s)
-                continue
-            raise error
+                attempt = transient_failures
+            else:
+                raise error
+            await self._wait_before_retry(error, attempt, host=host, account_id=account_id, endpoint=endpoint,
+                                          path=path, query=query)
 
-    async def _send(self, url: yarl.URL, where: str, query: Mapping[str, str], *, host: str,
-                    account_id: str | None, endpoint: str,
-                    versioned: bool) -> tuple[exceptions.GraphError | None, dict[str, Any]]:
-        """One HTTP exchange of `url` (token inside; `where` names it in messages): (None, body) on
-        success, else (error, {})."""
-        assert self._session is not None and self._in_flight is not None  # guaranteed by the OPENED state
-        async with self._in_flight:
-            started = time.perf_counter()
-            try:
-                async with self._session.get(url) as response:
-                    raw = await response.read()
-                    status = response.status
-                    headers = response.headers
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                failure = exceptions.GraphTransportError(f"GET {where}: {_describe(exc)}")
-                failure.__cause__ = _scrubbed(exc)
-                self._count(endpoint, "transport", None)
-                return failure, {}
-            finally:
-                self._metrics.graph_request_seconds.observe(time.perf_counter() - started)
-        regain_s = self._throttle.observe(host, account_id, headers)
-        if versioned:
-            self._check_version(host, headers.get(_VERSION_HEADER))
-        decoded: Any = None
-        if 200 <= status < 300:
-            try:
-                decoded = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                self._count(endpoint, str(status), None)
-                return exceptions.GraphTransportError(
-                    f"GET {where}: HTTP {status} with an unreadable body (not JSON, or truncated)",
-                    http_status=status), {}
-            if isinstance(decoded, dict) and not isinstance(decoded.get("error"), dict):
-                child = self._ok_calls.get(endpoint)
-                if child is None:
-                    child = self._ok_calls[endpoint] = self._metrics.graph_calls.labels(
-                        endpoint=endpoint, status="200", code="")
-                child.inc()
-                return None, decoded
-            if not isinstance(decoded, dict):
-                self._count(endpoint, str(status), None)
-                return exceptions.GraphTransportError(
-                    f"GET {where}: HTTP {status} with a JSON {type(decoded).__name__}, not an object",
-                    http_status=status), {}
+    def _request(self, host: str, versioned: bool, path: str, query: Mapping[str, str],
+                 token: models.Secret | None) -> tuple[str, yarl.URL]:
+        """(where, url): the token-free name of the request, for messages and logs, and its URL with the
+        token last in the query. The token is registered for redaction on first use."""
+        target = self._targets.get((host, versioned)) or self._target(host, versioned)
+        where = target.where_prefix + path.lstrip("/")
+        secret = token.reveal() if token else None
+        if not secret:
+            return where, target.url(path, encode_query(query))
+        if secret not in self._known_tokens:
+            self._known_tokens.add(secret)
+            redaction.register_secret(secret)
+        if "access_token" in query:  # ours replaces a caller's, in its place
+            return where, target.url(path, encode_query({**query, "access_token": secret}))
+        encoded = encode_query(query)
+        tail = f"access_token={_quote(secret)}"
+        return where, target.url(path, f"{encoded}&{tail}" if encoded else tail)
+
+    def _ok_child(self, endpoint: str) -> Any:
+        """The graph_calls child for a 200 of `endpoint`, looked up once (the hot path reuses it)."""
+        child = self._ok_calls[endpoint] = self._metrics.graph_calls.labels(endpoint=endpoint, status="200",
+                                                                            code="")
+        return child
+
+    async def _wait_before_retry(self, error: exceptions.GraphError, attempt: int, *, host: str,
+                                 account_id: str | None, endpoint: str, path: str,
+                                 query: Mapping[str, str]) -> None:
+        """Wait (or pause the scope) before retry `attempt` of a throttled or transient failure; raises
+        `error` when the retry policy gives up."""
+        wait_s = self._retry.decide(error, attempt, self._rand())
+        if isinstance(error, exceptions.Throttled):
+            self._metrics.throttles.labels(scope=error.scope, code=str(error.code)).inc()
+            if wait_s is None:
+                raise error
+            scope: ratelimit.Scope = "app" if error.scope == "app" else "account"
+            key = host if scope == "app" else account_id
+            if key is not None:
+                # The pause, not a sleep here, holds this call: every call of the scope waits with it.
+                self._throttle.pause(scope, key, wait_s)
+            self._metrics.graph_retries.labels(reason="throttled").inc()
+            _log.warning("graph_throttled", account=account_id, scope=scope, code=error.code,
+                         wait_s=round(wait_s, 3), attempt=attempt, endpoint=endpoint,
+                         regain_s=error.regain_s, path=path, params=_loggable(query))
+            if key is None:
+                await asyncio.sleep(wait_s)
+            return
+        if wait_s is None:
+            raise error
+        reason = "transport" if isinstance(error, exceptions.GraphTransportError) else "server"
+        self._metrics.graph_retries.labels(reason=reason).inc()
+        _log.info("graph_retry", account=account_id, scope="call", code=error.code,
+                  http_status=error.http_status, wait_s=round(wait_s, 3), attempt=attempt,
+                  endpoint=endpoint, error=error.describe(), path=path, params=_loggable(query))
+        await asyncio.sleep(wait_s)
+
+    def _transport_failure(self, where: str, endpoint: str, exc: BaseException) -> exceptions.GraphError:
+        """No HTTP answer (connection, timeout): a token-free GraphTransportError, its cause scrubbed."""
+        failure = exceptions.GraphTransportError(f"GET {where}: {_describe(exc)}")
+        failure.__cause__ = _scrubbed(exc)
+        self._count(endpoint, "transport", None)
+        return failure
+
+    def _failure(self, where: str, endpoint: str, *, query: Mapping[str, str], status: int, raw: bytes,
+                 decoded: Any, headers: Mapping[str, str], regain_s: float | None) -> exceptions.GraphError:
+        """The error of an answer that is not a usable JSON object (`decoded` is None outside 2xx, and
+        `_UNREADABLE` when a 2xx body did not parse)."""
+        if decoded is _UNREADABLE:
+            self._count(endpoint, str(status), None)
+            return exceptions.GraphTransportError(
+                f"GET {where}: HTTP {status} with an unreadable body (not JSON, or truncated)",
+                http_status=status)
+        if 200 <= status < 300 and not isinstance(decoded, dict):
+            self._count(endpoint, str(status), None)
+            return exceptions.GraphTransportError(
+                f"GET {where}: HTTP {status} with a JSON {type(decoded).__name__}, not an object",
+                http_status=status)
         metric_param = query.get("metric")  # split only here: the metrics a refusal may name
         error = graph_errors.classify(status, decoded if decoded is not None else raw, regain_s=regain_s,
                                       requested_metrics=metric_param.split(",") if metric_param else None,
                                       www_authenticate=headers.get("WWW-Authenticate"))
         self._count(endpoint, str(status), error.code)
-        return error, {}
+        return error
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -349,6 +380,7 @@ class GraphClient:
                          served=served)
 
 
+_UNREADABLE = object()  # a 2xx body that is not JSON (stands in for the decoded value)
 _REDUCE_DATA = re.compile(r"reduce the amount of data", re.IGNORECASE)
 
 
