@@ -261,8 +261,10 @@ class Collector:
                 return False
         if items is not None:
             values = parsing.parse_insight_items(items)
-            rows = [models.MediaInsightRow(media.media_id, v.metric, v.breakdown, v.dimension, v.value,
-                                           run.now) for v in values]
+            media_id, now = media.media_id, run.now
+            rows: list[models.MediaInsightRow] = [
+                _new_row(models.MediaInsightRow, (media_id, metric, breakdown, dimension, value, now))
+                for metric, breakdown, dimension, value, _ in values]
             got = {v.metric for v in values}
             for metric in wanted:
                 if metric not in got and not absent.has(metric):
@@ -389,8 +391,10 @@ class Collector:
                 continue
             values = [v for v in parsing.parse_insight_items(body.get("data") or ())
                       if v.end_time is not None]
-            rows = [models.AccountInsightRow(run.user_id, v.metric, "day", v.end_time, "", "", v.value,
-                                             run.now) for v in values if v.end_time is not None]
+            user_id, now = run.user_id, run.now
+            rows: list[models.AccountInsightRow] = [
+                _new_row(models.AccountInsightRow, (user_id, metric, "day", end_time, "", "", value, now))
+                for metric, _, _, value, end_time in values]
             if rows:
                 await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
             have = {v.end_time for v in values}
@@ -441,9 +445,12 @@ class Collector:
                 run.item_failed(f"account totals {day}", exc)
                 return
             break
-        values = [v for v in parsing.parse_insight_items(items)]
-        rows = [models.AccountInsightRow(run.user_id, v.metric, "day", end, v.breakdown, v.dimension, v.value,
-                                         run.now) for v in values]
+        values = parsing.parse_insight_items(items)
+        user_id, now = run.user_id, run.now
+        rows: list[models.AccountInsightRow] = [
+            _new_row(models.AccountInsightRow, (user_id, metric, "day", end, breakdown, dimension, value,
+                                                now))
+            for metric, breakdown, dimension, value, _ in values]
         if rows:
             await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
         got = {v.metric for v in values}
@@ -539,6 +546,11 @@ class Collector:
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise exceptions.ShutdownRequested()
+
+
+# Rows are built with tuple.__new__, skipping the NamedTuple's Python-level __new__: ~10 rows per Graph call
+# (docs/benchmarks.md, Fix 3). The field order is the row type's; mypy does not check it, the tests do.
+_new_row = tuple.__new__
 
 
 def _breakdown_refused(error: exceptions.GraphError) -> bool:

@@ -75,9 +75,10 @@ def parse_insight_items(items: object) -> list[InsightValue]:
             continue
         total = item.get("total_value")
         if isinstance(total, dict):
-            plain = number(total.get("value"))
+            raw = total.get("value")
+            plain = raw if type(raw) is int or type(raw) is float else number(raw)
             if plain is not None:
-                found.append(InsightValue(name, "", "", plain))
+                found.append(_new_value(InsightValue, (name, "", "", plain, None)))
             breakdowns = total.get("breakdowns")
             for breakdown in breakdowns if isinstance(breakdowns, list) else ():
                 if isinstance(breakdown, dict):
@@ -127,11 +128,14 @@ def _breakdown_values(metric: str, breakdown: dict[str, Any]) -> list[InsightVal
         if not isinstance(result, dict):
             continue
         dims = result.get("dimension_values")
-        value = number(result.get("value"))
+        raw = result.get("value")
+        value = raw if type(raw) is int or type(raw) is float else number(raw)
         if value is None or not isinstance(dims, list) or len(dims) != len(keys):
             continue
         dimension = ",".join(str(dims[i]) for i in keep)
-        values.append(InsightValue(metric, name, dimension.upper() if upper else dimension, value))
+        if upper:
+            dimension = dimension.upper()
+        values.append(_new_value(InsightValue, (metric, name, dimension, value, None)))
     return values
 
 
