@@ -73,7 +73,8 @@ class _Target:
 
 def encode_query(query: Mapping[str, str]) -> str:
     """`query` as an encoded query string (`a=1&b=x%20y`); plain values skip quote() altogether."""
-    return "&".join(f"{_quote(key)}={_quote(value)}" for key, value in query.items())
+    # A list, not a generator: join() builds a list from a generator anyway, at ~1 us more per call.
+    return "&".join([f"{_quote(key)}={_quote(value)}" for key, value in query.items()])
 
 
 @functools.lru_cache(maxsize=65536)
