@@ -359,6 +359,7 @@ async def test_outage_keeps_rows_and_delivers_each_once() -> None:
     (asyncpg.exceptions.ConnectionDoesNotExistError(
         "connection was closed in the middle of operation"), True),
     (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"), True),
+    (asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"), True),
     (asyncpg.InterfaceError("the server expects 3 arguments for this query, 2 were passed"), False),
     (asyncpg.exceptions.UndefinedColumnError('column "x" does not exist'), False),
 ])

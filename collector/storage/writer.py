@@ -68,7 +68,7 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 
 # Everything a write can raise from the database side: transient ones are retried, the rest are fatal.
 _DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    *_TRANSIENT_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+    *_TRANSIENT_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -76,6 +76,11 @@ def _transient(exc: BaseException) -> bool:
     "the connection is closed" (or "released back to the pool") as an InterfaceError when a statement or a
     transaction's exit meets a connection the outage already dropped."""
     if isinstance(exc, _TRANSIENT_ERRORS):
+        return True
+    if isinstance(exc, asyncpg.InternalClientError):
+        # The protocol left mid-operation by a dropped connection (e.g. a COPY cut off, then the
+        # transaction's ROLLBACK: "cannot switch to state …; another operation … is in progress"). The
+        # connection is terminated and the next attempt takes a fresh one.
         return True
     message = str(exc)
     return isinstance(exc, asyncpg.InterfaceError) and (
