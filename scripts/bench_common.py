@@ -62,12 +62,9 @@ def pin(cpu: int | None) -> None:
 
 
 def run_loop(main: Callable[[], Coroutine[Any, Any, int]], *, uvloop: bool) -> int:
-    loop_factory = None
-    if uvloop:
-        import uvloop as uvloop_mod  # noqa: PLC0415
+    from collector import eventloop  # noqa: PLC0415  # after the sys.path line above
 
-        loop_factory = uvloop_mod.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=eventloop.loop_factory(uvloop)) as runner:
         return runner.run(main())
 
 
@@ -128,23 +125,15 @@ def sim_main(argv: list[str]) -> int:
     app.middlewares.append(record)
 
     async def serve() -> int:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=4096)
-        await site.start()
-        args.ready.write_text(f"{runner.addresses[0][1]}\n")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        import signal  # noqa: PLC0415
+        def listening(port: int) -> None:
+            args.ready.write_text(f"{port}\n")
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
-            await stop.wait()
+            await sim_cli.serve_until_stopped(app, "127.0.0.1", args.port, on_listening=listening,
+                                              backlog=4096)
         finally:
             if recorder["file"] is not None:
                 recorder["file"].close()
-            await runner.cleanup()
         return 0
 
     return run_loop(serve, uvloop=True)

@@ -12,10 +12,12 @@ import asyncio
 import csv
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
+from collector import eventloop
 from collector.simulator import api, faults, limits, server
 from collector.simulator import world as world_mod
 
@@ -94,18 +96,15 @@ def write_accounts(world: world_mod.World, path: Path) -> None:
             writer.writerow([account.ig_user_id, account.login, account.access_token])
 
 
-async def serve(args: argparse.Namespace) -> int:
-    world, options = build(args)
-    if args.write_accounts:
-        write_accounts(world, args.write_accounts)
-    runner = web.AppRunner(server.make_app(world, options), access_log=None)
+async def serve_until_stopped(app: web.Application, host: str, port: int, *,
+                              on_listening: Callable[[int], None], backlog: int = 128) -> None:
+    """Serve `app` on host:port until SIGINT or SIGTERM; `on_listening` gets the bound port (port 0 picks
+    a free one)."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
+    site = web.TCPSite(runner, host, port, backlog=backlog)
     await site.start()
-    port = runner.addresses[0][1]
-    if args.port_file:
-        args.port_file.write_text(f"{port}\n")
-    print(f"listening on http://{args.host}:{port}", flush=True)
+    on_listening(runner.addresses[0][1])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -114,18 +113,25 @@ async def serve(args: argparse.Namespace) -> int:
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+async def serve(args: argparse.Namespace) -> int:
+    world, options = build(args)
+    if args.write_accounts:
+        write_accounts(world, args.write_accounts)
+
+    def listening(port: int) -> None:
+        if args.port_file:
+            args.port_file.write_text(f"{port}\n")
+        print(f"listening on http://{args.host}:{port}", flush=True)
+
+    await serve_until_stopped(server.make_app(world, options), args.host, args.port, on_listening=listening)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        import uvloop  # noqa: PLC0415 -- optional: the simulator must also run where uvloop is missing
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is installed on Linux/macOS
-        loop_factory = None
     # uvloop roughly halves the server's CPU per request, so benchmarks measure the client, not us.
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=eventloop.loop_factory(True)) as runner:
         return runner.run(serve(args))
 
 
