@@ -92,36 +92,37 @@ def server_url() -> Iterator[str]:
     server.close()
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def database_url(server_url: str) -> AsyncIterator[str]:
-    """A migrated template database, created once per session."""
-    name = f"{_PREFIX}_template"
+@contextlib.asynccontextmanager
+async def scratch_database(server_url: str, name: str, *, template: str | None = None) -> AsyncIterator[str]:
+    """Create database `name` (empty, or a copy of `template`) on the server, yield its DSN, drop it after."""
     admin = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        conn = await asyncpg.connect(with_database(server_url, name))
-        try:
-            await migrations.migrate(conn)
-        finally:
-            await conn.close()
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
         yield with_database(server_url, name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    """A migrated template database, created once per session."""
+    async with scratch_database(server_url, f"{_PREFIX}_template") as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrations.migrate(conn)
+        finally:
+            await conn.close()
+        yield dsn
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def db_dsn(server_url: str, database_url: str) -> AsyncIterator[str]:
     """A fresh database cloned from the migrated template, dropped after the test."""
     template = urllib.parse.urlsplit(database_url).path.lstrip("/")
-    name = f"{_PREFIX}_{next(_counter)}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        yield with_database(server_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(server_url, f"{_PREFIX}_{next(_counter)}", template=template) as dsn:
+        yield dsn
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -137,11 +138,5 @@ async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def empty_db_dsn(server_url: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all (migration tests)."""
-    name = f"{_PREFIX}_empty_{next(_counter)}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(server_url, name)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(server_url, f"{_PREFIX}_empty_{next(_counter)}") as dsn:
+        yield dsn
