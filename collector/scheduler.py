@@ -21,12 +21,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import UTC, date, datetime, timedelta
 
-from collector import models, settings
+from collector import models, pacific, settings
 
-PACIFIC = ZoneInfo("America/Los_Angeles")
 DAY_S = 86400.0
 # A failed job is retried after `schedule.job_retry_base_s`, doubling per consecutive failure, capped at the
 # job's own period and at RETRY_MAX_S (so a daily job with a transient failure is retried within the hour).
@@ -128,20 +126,15 @@ def _slot_at_or_after(t: datetime, period_s: float, frac: float) -> datetime:
 
 def daily_trigger(day: date, frac: float, schedule: settings.ScheduleSettings) -> datetime:
     """When the daily account-insights job of an account with phase `frac` fires for Pacific date `day`."""
-    midnight = datetime.combine(day, time(0), tzinfo=PACIFIC)
     delay_s = schedule.account_insights_after_midnight_s + frac * schedule.jitter_fraction * DAY_S
-    return midnight.astimezone(UTC) + timedelta(seconds=delay_s)
+    return pacific.day_start_utc(day) + timedelta(seconds=delay_s)
 
 
 def _next_daily_trigger(after: datetime, frac: float, schedule: settings.ScheduleSettings) -> datetime:
-    day = pacific_date(after) - timedelta(days=1)
+    day = pacific.today(after) - timedelta(days=1)
     while (trigger := daily_trigger(day, frac, schedule)) <= after:
         day += timedelta(days=1)
     return trigger
-
-
-def pacific_date(t: datetime) -> date:
-    return t.astimezone(PACIFIC).date()
 
 
 def account_days(last_success_at: datetime | None, now: datetime, schedule: settings.ScheduleSettings,
@@ -151,7 +144,7 @@ def account_days(last_success_at: datetime | None, now: datetime, schedule: sett
     never more than the backfill."""
     if last_success_at is None:
         return None
-    missed = (pacific_date(now) - pacific_date(last_success_at)).days
+    missed = (pacific.today(now) - pacific.today(last_success_at)).days
     days = max(schedule.account_insights_trailing_days, schedule.account_insights_trailing_days + missed - 1)
     return min(days, backfill_days)
 
