@@ -39,7 +39,7 @@ _SECTIONS: dict[str, type] = {
     "log": settings.LogSettings,
     "app": settings.AppSettings,
 }
-_TOP_LEVEL = frozenset({"accounts_file", "state_dir", "accounts", *_SECTIONS})
+_TOP_LEVEL = frozenset({"accounts_file", "state_dir", "accounts", "tokens", *_SECTIONS})
 _TOKEN_KEYS = ("access_token", "access_token_env", "access_token_file")
 _CSV_TOKEN_COLUMNS = ("access_token", "access_token_env")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -54,6 +54,7 @@ _POSITIVE = frozenset({
     "rate_limit.account_burst", "rate_limit.min_rate_fraction", "rate_limit.slow_down_at_pct",
     "retry.max_attempts", "retry.throttle_max_attempts", "collect.media_max_age_days",
     "collect.max_concurrent_accounts", "collect.media_concurrency_per_account", "schedule.tick_s",
+    "collect.discovery_interval_s",
     "schedule.media_discovery_interval_s", "schedule.stories_interval_s", "schedule.profile_interval_s",
     "schedule.demographics_interval_s", "webhook.body_max_bytes",
 })
@@ -99,6 +100,7 @@ def summary(config: settings.Config) -> list[str]:
         f"collect: backfill {collect.account_backfill_days} days, media up to "
         f"{collect.media_max_age_days} days, {collect.max_concurrent_accounts} accounts at once",
         f"http: {config.http.listen or 'off'}; webhook: {webhook}",
+        *(f"tokens: {token.label}: discovers the accounts it reaches" for token in config.tokens),
     ]
 
 
@@ -171,8 +173,14 @@ class _Loader:
             accounts.append(self.inline_account(index, entry))
         if accounts_file is not None:
             accounts.extend(_read_accounts_csv(accounts_file, self.secrets))
-        if not accounts:
-            raise self.fail(self.name, "no accounts configured: add [[accounts]] tables or an accounts_file")
+        token_tables = data.get("tokens", [])
+        if not isinstance(token_tables, list):
+            raise self.fail(self.at(None, "tokens"), f"expected an array of tables [[tokens]], "
+                                                     f"got {_toml_type(token_tables)}")
+        token_sources = tuple(self.token_source(index, entry) for index, entry in enumerate(token_tables, 1))
+        if not accounts and not token_sources:
+            raise self.fail(self.name, "no accounts configured: add [[accounts]] tables, an accounts_file "
+                                       "or [[tokens]] to discover them from")
         for account in accounts:
             earlier = seen.setdefault(account.ig_user_id, account.source)
             if earlier != account.source:
@@ -182,7 +190,8 @@ class _Loader:
         for secret in self.secrets:
             redaction.register_secret(secret)
         return settings.Config(
-            source=self.path, accounts=tuple(accounts), accounts_file=accounts_file, state_dir=state_dir,
+            source=self.path, accounts=tuple(accounts), accounts_file=accounts_file, tokens=token_sources,
+            state_dir=state_dir,
             **sections,  # type: ignore[arg-type]  # keys and types follow _SECTIONS
         )
 
@@ -327,6 +336,14 @@ class _Loader:
         if login not in models.LOGINS:
             raise self.fail(f"{at} login", f"unknown login {_shown(login)} (expected one of "
                                            f"{', '.join(models.LOGINS)})")
+        token, _, _ = self.entry_token(entry, at)
+        return models.Account(ig_user_id=raw_id, login=typing.cast(models.Login, login), access_token=token,
+                              source=origin)
+
+    def entry_token(self, entry: Mapping[str, object], at: str) -> tuple[models.Secret, str, str]:
+        """The token of an [[accounts]] or [[tokens]] table: exactly one of access_token, access_token_env,
+        access_token_file. Returns (token, the key given, its value as written: the token itself for
+        access_token, so only the key may be shown then)."""
         given = [k for k in _TOKEN_KEYS if k in entry]
         if len(given) != 1:
             what = "missing" if not given else f"found {', '.join(given)}"
@@ -336,8 +353,28 @@ class _Loader:
             raise self.fail(f"{at} {given[0]}", f"expected a non-empty string, got {_toml_type(value)}")
         token = _secret_from(given[0], value, self.resolve, f"{at} {given[0]}")
         self.secrets.append(token.reveal())
-        return models.Account(ig_user_id=raw_id, login=typing.cast(models.Login, login), access_token=token,
-                              source=origin)
+        return token, given[0], value
+
+    # -- tokens --------------------------------------------------------------------------------------------
+
+    def token_source(self, index: int, entry: object) -> models.TokenSource:
+        """One [[tokens]] table: login and a token given as for [[accounts]]."""
+        at = f"{self.name}: [[tokens]] #{index}"
+        if not isinstance(entry, dict):
+            raise self.fail(at, f"expected a table, got {_toml_type(entry)}")
+        unknown = sorted(set(entry) - {"login", *_TOKEN_KEYS})
+        if unknown:
+            raise self.fail(f"{at} {unknown[0]}", f"unknown key (expected login and one of "
+                                                  f"{', '.join(_TOKEN_KEYS)})")
+        if "login" not in entry:
+            raise self.fail(f"{at} login", "missing required key")
+        login = entry["login"]
+        if login not in models.LOGINS:
+            raise self.fail(f"{at} login", f"unknown login {_shown(login)} (expected one of "
+                                           f"{', '.join(models.LOGINS)})")
+        token, key, value = self.entry_token(entry, at)
+        return models.TokenSource(position=index, login=typing.cast(models.Login, login), access_token=token,
+                                  key=key, reference=None if key == "access_token" else value)
 
 
 def _id_problem(ig_user_id: str) -> str | None:

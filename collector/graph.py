@@ -36,7 +36,7 @@ import yarl
 from collector import exceptions, graph_errors, metrics, models, ratelimit, redaction, retry, settings
 
 # Endpoint kinds, the `endpoint` label of the graph_calls counter (a bounded set: never ids or URLs).
-ENDPOINT_KINDS = ("profile", "media", "stories", "media_insights", "account_insights", "token")
+ENDPOINT_KINDS = ("profile", "media", "stories", "media_insights", "account_insights", "token", "discovery")
 
 _log = structlog.get_logger("collector.graph")
 _VERSION_HEADER = "facebook-api-version"
@@ -168,8 +168,8 @@ class GraphClient:
         return await self._call(login=login, token=token, account_id=None, path=path, params=params,
                                 endpoint=endpoint, versioned=versioned)
 
-    async def pages(self, account: models.Account, path: str, params: Mapping[str, str] | None = None, *,
-                    endpoint: str) -> AsyncIterator[list[dict[str, Any]]]:
+    def pages(self, account: models.Account, path: str, params: Mapping[str, str] | None = None, *,
+              endpoint: str) -> AsyncIterator[list[dict[str, Any]]]:
         """Every page of a cursor-paged edge, as the list of its `data` items.
 
         Follows `paging.next` until it is absent; an empty page that has `next` goes on; never stops by
@@ -178,12 +178,24 @@ class GraphClient:
         goes only to the configured host (never to whatever host a `next` URL names), the pinned version
         stays pinned, and the token-bearing `next` URL is never handled as a URL we might log.
         """
+        return self._pages(account.login, account.access_token, account.ig_user_id, path, params=params,
+                           endpoint=endpoint)
+
+    def token_pages(self, login: models.Login, token: models.Secret, path: str,
+                    params: Mapping[str, str] | None = None, *,
+                    endpoint: str = "discovery") -> AsyncIterator[list[dict[str, Any]]]:
+        """`pages` for no particular account (`/me/accounts` of a user token), limited by the app scope."""
+        return self._pages(login, token, None, path, params=params, endpoint=endpoint)
+
+    async def _pages(self, login: models.Login, token: models.Secret, account_id: str | None, path: str, *,
+                     params: Mapping[str, str] | None, endpoint: str) -> AsyncIterator[list[dict[str, Any]]]:
         query: dict[str, str] = dict(params or {})
         seen: set[tuple[tuple[str, str], ...]] = set()
         reduced = False
         while True:
             try:
-                body = await self.get(account, path, query, endpoint=endpoint)
+                body = await self._call(login=login, token=token, account_id=account_id, path=path,
+                                        params=query, endpoint=endpoint, versioned=True)
             except exceptions.ServerError as exc:
                 # "Please reduce the amount of data you're asking for, then retry your request" (code 1,
                 # reference §7.1): the same request keeps failing; the same cursor with half the limit
@@ -193,13 +205,13 @@ class GraphClient:
                     raise
                 query["limit"] = str(int(limit) // 2)
                 reduced = True
-                _log.warning("graph_page_limit_reduced", account=account.ig_user_id, path=path,
+                _log.warning("graph_page_limit_reduced", account=account_id, path=path,
                              limit=query["limit"], endpoint=endpoint)
                 continue
             data = body.get("data")
             if not isinstance(data, list):
                 raise exceptions.GraphTransportError(
-                    f"GET {self._url(account.login, path, versioned=True)}: page without a data list")
+                    f"GET {self._url(login, path, versioned=True)}: page without a data list")
             yield [item for item in data if isinstance(item, dict)]
             next_query = _next_query(body)
             if next_query is None:
@@ -212,7 +224,7 @@ class GraphClient:
                 # Meta handing back the same cursor would loop forever; this is the one stop besides
                 # the absence of `next`, and it fails loudly rather than pretending the walk completed.
                 raise exceptions.GraphTransportError(
-                    f"GET {self._url(account.login, path, versioned=True)}: paging.next repeats a page")
+                    f"GET {self._url(login, path, versioned=True)}: paging.next repeats a page")
             seen.add(fingerprint)
 
     # -- the call loop ---------------------------------------------------------------------------------------

@@ -55,6 +55,27 @@ class Account:
     source: str  # where it was configured, e.g. "config.toml [[accounts]] #3" or "accounts.csv line 12"
 
 
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    """A `[[tokens]]` entry: a token the collector asks which accounts it reaches (collector/discovery.py)."""
+
+    position: int  # 1-based among the [[tokens]] tables: how messages name it, never by its value
+    login: Login
+    access_token: Secret
+    key: str  # access_token, access_token_env or access_token_file: how it was given
+    reference: str | None  # the environment variable or file named (never the token); None when inline
+
+    @property
+    def env_name(self) -> str | None:
+        return self.reference if self.key.endswith("_env") else None
+
+    @property
+    def label(self) -> str:
+        """`[[tokens]] #2 (facebook, access_token_env=FB_TOKEN)`: the token's name in output and logs."""
+        how = f"{self.key}={self.reference}" if self.reference else self.key
+        return f"[[tokens]] #{self.position} ({self.login}, {how})"
+
+
 class Job(enum.StrEnum):
     """The units of work the collector does per account; the daemon schedules each on its own clock."""
 

@@ -70,6 +70,8 @@ class CollectSettings:
     # Metric catalogue overrides: key "media.FEED", "media.REELS", "media.STORY", "account.total_value",
     # "account.time_series", "account.demographics" -> list of metric names replacing the default set.
     metrics: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The daemon asks every [[tokens]] entry which accounts it reaches this often (and at start, on SIGHUP).
+    discovery_interval_s: float = 6 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,7 @@ class Config:
     source: Path  # the TOML file
     accounts: tuple[models.Account, ...]
     accounts_file: Path | None = None
+    tokens: tuple[models.TokenSource, ...] = ()  # [[tokens]]: sources of discovered accounts
     state_dir: Path = Path(".state")  # token store, embedded PostgreSQL
     database: DatabaseSettings = DatabaseSettings()
     graph: GraphSettings = GraphSettings()

@@ -11,9 +11,8 @@ EAA… facebook):
   GET  /{ig-user-id}/media, /{ig-user-id}/stories     cursor-paged listings
   GET  /{ig-user-id}/insights, /{media-id}/insights   see insights.py
   GET  /refresh_access_token?grant_type=ig_refresh_token   (instagram; token must be ≥ refresh_min_age_s)
-  GET  /access_token?grant_type=ig_exchange_token          (instagram)
-  GET  /oauth/access_token?grant_type=fb_exchange_token&client_id&client_secret&fb_exchange_token
-  GET  /debug_token?input_token=…&access_token=<any>
+  GET  /me/accounts, /debug_token, /oauth/access_token, /access_token, and every call with a Facebook user
+       token (one token, many accounts): accounts_api.py, asked first
   POST /?batch=[…]                                     facebook tokens only, ≤ 50 operations
 
 Objects of another account than the token's answer 100/33 (GraphMethodException), like ids that do not
@@ -33,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from collector.simulator import faults, insights, limits, rules, stats
+from collector.simulator import accounts_api, faults, insights, limits, rules, stats
 from collector.simulator import world as world_mod
 
 _VERSION = re.compile(r"^v\d+\.\d+$")
@@ -130,6 +129,7 @@ class Simulator:
         self.limits = limits.Limits(self.options.account_budget, self.options.app_budget,
                                    self.options.account_budgets)
         self.faults = faults.Faults(world.seed, self.options.faults)
+        self.accounts = accounts_api.AccountsApi(world, self._authenticate)
         self._trace = 0
         self._routes: dict[str, Callable[[_Request], dict[str, Any]]] = {
             "profile": self._profile, "media_object": self._media_object, "media": self._media_list,
@@ -177,9 +177,10 @@ class Simulator:
         request_identity = faults.identity(req.method, "/".join(req.parts), req.params)
         code = None
         try:
-            if req.kind == "token":
+            body = self.accounts.serve(req, now)  # accounts_api: user tokens, /me/accounts, debug, exchanges
+            if body is None and req.kind == "token":
                 body = self._token_endpoint(req, now)
-            else:
+            elif body is None:
                 req.token = self._authenticate(req.params.get("access_token"), now)
                 self._admit(req.token.account.ig_user_id, now)
                 action = self.faults.next(request_identity)
@@ -400,61 +401,19 @@ class Simulator:
 
     def _token_endpoint(self, req: _Request, now: float) -> dict[str, Any]:
         params, head = req.params, req.parts[0]
-        if head == "debug_token":
-            if not params.get("access_token"):
-                raise rules.ApiError(rules.token_missing())
-            return {"data": self._debug(params.get("input_token", ""), now)}
-        if head == "oauth" and req.parts[1:] == ["access_token"]:
-            if params.get("grant_type") != "fb_exchange_token":
-                raise rules.ApiError(rules.invalid_parameter("Unsupported grant_type"))
-            for name in ("client_id", "client_secret"):
-                if not params.get(name):
-                    raise rules.ApiError(rules.invalid_parameter(f"Missing {name} parameter."))
-            info = self._authenticate(params.get("fb_exchange_token"), now)
-            if info.login != "facebook":
-                raise rules.ApiError(rules.token_unparsable())
-            return self._new_token(info, now, expires_in=5183944)
-        if head in ("refresh_access_token", "access_token") and len(req.parts) == 1:
-            grant = "ig_refresh_token" if head == "refresh_access_token" else "ig_exchange_token"
+        if head == "refresh_access_token" and len(req.parts) == 1:
+            grant = "ig_refresh_token"
             if params.get("grant_type") != grant:
                 raise rules.ApiError(rules.invalid_parameter("Unsupported grant_type"))
             info = self._authenticate(params.get("access_token"), now)
             if info.login != "instagram":
                 raise rules.ApiError(rules.token_unparsable())
-            if grant == "ig_refresh_token" and now - info.issued_at < self.options.refresh_min_age_s:
+            if now - info.issued_at < self.options.refresh_min_age_s:
                 # [INF] wording invented: §7.3 only says the token must be at least 24 h old.
                 raise rules.ApiError(rules.invalid_parameter(
                     "The access token must be at least 24 hours old to be refreshed"))
-            return self._new_token(info, now, expires_in=world_mod.TOKEN_LIFETIME_S)
+            return self.accounts.new_world_token(info, now, world_mod.TOKEN_LIFETIME_S)
         raise rules.ApiError(rules.object_not_found("/".join(req.parts)))
-
-    def _new_token(self, info: world_mod.TokenInfo, now: float, expires_in: int) -> dict[str, Any]:
-        issued = max(int(now), info.issued_at + 1)
-        token = self.world.make_token(info.account.index, info.login, issued)
-        return {"access_token": token, "token_type": "bearer", "expires_in": expires_in}
-
-    def _debug(self, input_token: str, now: float) -> dict[str, Any]:
-        info = self.world.parse_token(input_token)
-        if info is None:
-            return {"is_valid": False, "error": {"code": 190, "message": "Invalid OAuth access token."}}
-        try:
-            self._authenticate(input_token, now)
-            error = None
-        except rules.ApiError as exc:
-            error = exc.error
-        expires = info.issued_at + world_mod.TOKEN_LIFETIME_S
-        scopes = (["instagram_business_basic", "instagram_business_manage_insights"]
-                  if info.login == "instagram" else
-                  ["instagram_basic", "instagram_manage_insights", "pages_read_engagement"])
-        out: dict[str, Any] = {
-            "app_id": "1000000000000001", "type": "USER", "application": "ig-collector-sim",
-            "data_access_expires_at": expires + 30 * 86400, "expires_at": expires, "is_valid": error is None,
-            "issued_at": info.issued_at, "scopes": scopes, "user_id": info.account.ig_user_id,
-        }
-        if error is not None:
-            out["error"] = {"code": error["code"], "message": error["message"],
-                            "subcode": error.get("error_subcode")}
-        return out
 
     # --- batch (§5) ---------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ Control endpoints (never counted, never faulted):
     GET  /__sim/stats                 stats snapshot (JSON)
     POST /__sim/reset                 clear stats, budgets/blocks and fault counters
     POST /__sim/advance?epochs=N      grow media metrics (World.advance)
+    POST /__sim/pages/{id}/unlink     unlink (or /link: relink) a Page's Instagram account (accounts_api)
 
 Transport faults: "slow" answers after `faults.slow_delay_s`; "drop" closes the connection without an
 answer; "truncate" sends valid headers whose Content-Length matches a JSON body cut in half (so the
@@ -22,7 +23,7 @@ import random
 import orjson
 from aiohttp import web
 
-from collector.simulator import api
+from collector.simulator import accounts_api, api
 from collector.simulator import world as world_mod
 
 SIMULATOR = web.AppKey("simulator", api.Simulator)
@@ -80,5 +81,6 @@ def make_app(world: world_mod.World, options: api.Options | None = None) -> web.
     app.router.add_get("/__sim/stats", handler.stats)
     app.router.add_post("/__sim/reset", handler.reset)
     app.router.add_post("/__sim/advance", handler.advance)
+    accounts_api.add_control_routes(app, sim.accounts)
     app.router.add_route("*", "/{tail:.*}", handler.graph)
     return app
