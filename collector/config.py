@@ -329,7 +329,7 @@ class _Loader:
             raw_id = str(raw_id)  # TOML integers hold every Graph id exactly; accept them
         if not isinstance(raw_id, str):
             raise self.fail(f"{at} ig_user_id", f"expected a string of digits, got {_toml_type(raw_id)}")
-        problem = _id_problem(raw_id)
+        problem = id_problem(raw_id)
         if problem:
             raise self.fail(f"{at} ig_user_id", problem)
         login = entry["login"]
@@ -377,7 +377,7 @@ class _Loader:
                                   key=key, reference=None if key == "access_token" else value)
 
 
-def _id_problem(ig_user_id: str) -> str | None:
+def id_problem(ig_user_id: str) -> str | None:
     if not ig_user_id.isascii() or not ig_user_id.isdigit():
         return f"ig_user_id must be all digits, got {_shown(ig_user_id)}"
     # Stored as bigint and compared as id::text, so the text must round-trip through an integer.
@@ -435,7 +435,7 @@ def _read_accounts_csv(path: Path, secrets: list[str]) -> list[models.Account]:
             raise exceptions.ConfigError(f"expected {width} columns ({','.join(header)}), found {len(row)}",
                                          source=f"{name}: line {line}")
         ig_user_id, login, token = row[i_id].strip(), row[i_login].strip(), row[i_token].strip()
-        problem = _id_problem(ig_user_id)
+        problem = id_problem(ig_user_id)
         if problem is None and login not in models.LOGINS:
             problem = f"unknown login {_shown(login)} (expected one of {', '.join(models.LOGINS)})"
         if problem is None and not token:

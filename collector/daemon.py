@@ -10,8 +10,9 @@ from each job's outcome (the same facts the writer commits).
 Signals only set events. SIGTERM/SIGINT: stop scheduling, drop queued work that has not started, let
 in-flight jobs finish within `shutdown_grace_s` (the collector starts no new Graph call once stopping),
 cancel what is left, flush the writer (shielded), close the client and the pool, exit 0. A second signal
-skips the grace period. SIGHUP: reload the config and the accounts file; an invalid config is logged and
-the old one stays in use; in-flight jobs are not touched.
+skips the grace period. SIGHUP: reload the config and the accounts file, and discover the accounts of
+[[tokens]] again (also done at start and every `[collect] discovery_interval_s`); an invalid config is
+logged and the old one stays in use; in-flight jobs are not touched.
 
 Fatal tasks (scheduler, workers, token refresher, gauges, watchdog) run in one `asyncio.TaskGroup`: if
 one of them dies the daemon stops (exit 3) and systemd restarts it. One account's failure never gets that
@@ -37,6 +38,7 @@ import structlog
 from collector import (
     collect,
     config,
+    discovery,
     eventloop,
     exceptions,
     graph,
@@ -49,6 +51,7 @@ from collector import (
     sdnotify,
     settings,
     status,
+    token_tools,
     tokens,
     webhook,
 )
@@ -102,6 +105,9 @@ class Daemon:
         # Bounded: the scheduler never pulls more work than the workers can start (StyleGuide 9).
         self._queue: asyncio.Queue[Key | None] = asyncio.Queue(maxsize=self._workers)
         self._tokens = tokens.TokenStore(cfg.state_dir)
+        self._discovered: dict[str, models.Account] = {}  # from [[tokens]], as of the last discovery
+        self._discover_now = asyncio.Event()  # SIGHUP: discover again at once
+        self._discovered_once = asyncio.Event()  # the first discovery round has run (or failed)
         self._freshness: dict[str, object] = {}
         self._pool: asyncpg.Pool | None = None
         self._health_pool: asyncpg.Pool | None = None
@@ -178,6 +184,7 @@ class Daemon:
                     tg.create_task(self._notifier.watchdog_loop(), name="watchdog"),
                     tg.create_task(self._token_loop(), name="token-refresh"),
                     tg.create_task(self._gauge_loop(), name="gauges"),
+                    tg.create_task(self._discovery_loop(), name="discovery"),
                 ]
                 self._notifier.ready(self._status_line())
                 log.info("daemon_ready", accounts=len(self._accounts), workers=self._workers,
@@ -355,22 +362,11 @@ class Daemon:
         kept = {name: getattr(old, name) for name in RESTART_ONLY}
         new = dataclasses.replace(new, **kept)
         now = self._clock()
-        before = self._configured
-        after = {a.ig_user_id: a for a in new.accounts}
-        added = [i for i in after if i not in before]
-        removed = [i for i in before if i not in after]
-        tokens_changed = [i for i in after if i in before and after[i].access_token != before[i].access_token]
         self._config = new
-        self._configured = after
-        self._apply_tokens()
-        for ig_user_id in removed:
-            for job in models.Job:
-                # Their state stays known: an account put back later resumes instead of starting over.
-                self._due.pop((ig_user_id, job), None)
-        if added:
-            await self._reload_states(added)
-        for ig_user_id in added:
-            self._schedule_account(ig_user_id, self._clock())  # no state at all: due at once
+        # Discovered accounts stay until the discovery this reload asks for says otherwise.
+        after, added, removed, tokens_changed = await self._set_accounts(
+            discovery.merge(new.accounts, self._discovered.values()))
+        self._discover_now.set()
         if old.schedule != new.schedule:
             self._schedule_all(now)  # re-derive every due time under the new schedule
         if old.collect != new.collect and self._client and self._writer and self._pool:
@@ -400,12 +396,67 @@ class Daemon:
             if known is None or _attempted(state) >= _attempted(known):
                 self._states[key] = state
 
+    async def _set_accounts(self, accounts: tuple[models.Account, ...]) -> tuple[
+            dict[str, models.Account], list[str], list[str], list[str]]:
+        """Collect `accounts` from now on (a reload, a discovery): removed ones are no longer scheduled, added
+        ones are due at once unless collected before. Returns (accounts by id, added, removed, tokens
+        changed)."""
+        before = self._configured
+        after = {a.ig_user_id: a for a in accounts}
+        added = [i for i in after if i not in before]
+        removed = [i for i in before if i not in after]
+        tokens_changed = [i for i in after if i in before and after[i].access_token != before[i].access_token]
+        self._configured = after
+        self._apply_tokens()
+        for ig_user_id in removed:
+            for job in models.Job:
+                # Their state stays known: an account put back later resumes instead of starting over.
+                self._due.pop((ig_user_id, job), None)
+        if added:
+            await self._reload_states(added)
+        for ig_user_id in added:
+            self._schedule_account(ig_user_id, self._clock())  # no state at all: due at once
+        return after, added, removed, tokens_changed
+
+    # ------------------------------------------------------------------ discovery ([[tokens]])
+
+    async def _discovery_loop(self) -> None:
+        """At start, on SIGHUP and every `[collect] discovery_interval_s`: check the tokens, discover the
+        accounts of [[tokens]], and collect exactly those plus the configured ones (discovery.py)."""
+        while True:
+            self._discover_now.clear()
+            client, pool = self._client, self._pool
+            if client is not None and pool is not None:
+                await self._discover(client, pool)
+            self._discovered_once.set()
+            try:
+                async with asyncio.timeout(self._config.collect.discovery_interval_s):
+                    await self._discover_now.wait()
+            except TimeoutError:
+                pass
+
+    async def _discover(self, client: graph.GraphClient, pool: asyncpg.Pool) -> None:
+        cfg = self._config
+        try:
+            token_tools.report(await token_tools.check_all(client, cfg, self._clock()), self.metrics)
+            found = await discovery.run_round(client, pool, cfg, configured=list(cfg.accounts),
+                                              now=self._clock(), counters=self.metrics)
+        except exceptions.CollectorError as exc:  # the database is down: keep the accounts known so far
+            log.warning("discovery_failed", error=str(exc), kept="the accounts discovered before")
+            return
+        self._discovered = {a.ig_user_id: a for a in found.accounts}
+        _, added, removed, _ = await self._set_accounts(discovery.merge(cfg.accounts, found.accounts))
+        if added or removed:
+            log.info("discovered_accounts_changed", added=len(added), removed=len(removed),
+                     accounts=len(self._configured))
+
     def _apply_tokens(self) -> None:
         self._accounts = {i: self._tokens.effective(a) for i, a in self._configured.items()}
 
     # ------------------------------------------------------------------ tokens
 
     async def _token_loop(self) -> None:
+        await self._discovered_once.wait()  # so discovered accounts' refreshed tokens are not forgotten
         while True:
             client = self._client
             if client is not None:

@@ -57,6 +57,13 @@ class Metrics:
         self.token_expiry_days = prom.Gauge(
             "ig_collector_token_expiry_days", "Days until each account's token expires (when known)",
             ["ig_user_id"], registry=r)
+        self.discovered_accounts = prom.Gauge(
+            "ig_collector_discovered_accounts",
+            "Accounts each [[tokens]] entry reached at its last successful discovery", ["token"], registry=r)
+        self.token_problem = prom.Gauge(
+            "ig_collector_token_problem", "1 while a token has the problem (discovery_failed, invalid, "
+            "missing_scope, expiring, check_failed), else 0; token is '#N' for [[tokens]] #N",
+            ["token", "problem"], registry=r)
         self.account_status = prom.Gauge(
             "ig_collector_account_ok", "1 when the account's last status is ok, else 0", ["ig_user_id"],
             registry=r)

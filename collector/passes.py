@@ -4,6 +4,7 @@ reports and a summary; what `ig-collector once` runs."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +13,19 @@ from typing import Any
 
 import asyncpg
 
-from collector import collect, exceptions, graph, metrics, models, progress, ratelimit, retry, settings
+from collector import (
+    collect,
+    discovery,
+    exceptions,
+    graph,
+    metrics,
+    models,
+    progress,
+    ratelimit,
+    retry,
+    settings,
+    token_tools,
+)
 from collector.storage import writer as storage_writer
 
 # Jobs of one pass, in order: the profile first (a bad token stops the account there; followers_count tells
@@ -74,14 +87,12 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
                    metrics: metrics.Metrics,
                    on_progress: Callable[[progress.PassProgress], None] | None = None,
                    progress_interval_s: float = 1.0) -> PassSummary:
-    """Every job for every configured account, accounts concurrently. When `stop` is set, no new account
-    or job starts; what was fetched is flushed before returning."""
+    """Every job for every configured account (and every account the [[tokens]] reach, discovered first),
+    accounts concurrently. When `stop` is set, no new account or job starts; what was fetched is flushed
+    before returning."""
     started = time.monotonic()
     summary = PassSummary(accounts_total=len(config.accounts))
-    throttle = ratelimit.Throttle(config.rate_limit, metrics)
-    policy = retry.RetryPolicy(config.retry, pause_cap_s=config.rate_limit.pause_cap_s)
     now = datetime.now(UTC)
-    accounts = iter(config.accounts)
     done = 0
 
     def snapshot() -> progress.PassProgress:
@@ -94,8 +105,10 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
             retries=int(metrics.total(metrics.graph_retries)),
             elapsed_s=time.monotonic() - started)
 
-    async with graph.GraphClient(config.graph, throttle, policy, metrics) as client, \
+    async with _graph_client(config, metrics) as client, \
             storage_writer.Writer(pool, metrics=metrics) as writer:
+        config = await _with_discovered(config, client, pool, now=now, counters=metrics, summary=summary)
+        accounts = iter(config.accounts)
         collector = collect.Collector(config, client, writer, pool, metrics, stop=stop)
 
         async def worker() -> None:
@@ -151,6 +164,23 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
 
 
 INTERRUPTED = "interrupted"
+
+
+def _graph_client(config: settings.Config, counters: metrics.Metrics) -> graph.GraphClient:
+    throttle = ratelimit.Throttle(config.rate_limit, counters)
+    policy = retry.RetryPolicy(config.retry, pause_cap_s=config.rate_limit.pause_cap_s)
+    return graph.GraphClient(config.graph, throttle, policy, counters)
+
+
+async def _with_discovered(config: settings.Config, client: graph.GraphClient, pool: asyncpg.Pool, *,
+                           now: datetime, counters: metrics.Metrics, summary: PassSummary) -> settings.Config:
+    """The config with the accounts its [[tokens]] reach, after checking the tokens (collector/discovery.py,
+    collector/token_tools.py): the pass collects exactly those plus the configured ones."""
+    token_tools.report(await token_tools.check_all(client, config, now), counters)
+    found = await discovery.run_round(client, pool, config, now=now, counters=counters)
+    config = dataclasses.replace(config, accounts=discovery.merge(config.accounts, found.accounts))
+    summary.accounts_total = len(config.accounts)
+    return config
 
 
 async def _collect_account(collector: collect.Collector, account: models.Account, now: datetime,
