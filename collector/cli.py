@@ -112,7 +112,135 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     print("\n".join(config.summary(cfg)))
     print("config ok")
-    return EXIT_OK
+    if args.no_token_check or not _token_checks_wanted(cfg):
+        return EXIT_OK
+
+    async def main(signals: Signals) -> int:
+        checks = await _token_checks(cfg)
+        problems = [line for check in checks for line in check.lines()]
+        for check in checks:
+            if check.not_checked and check.subject.metric_label.startswith("#"):
+                print(f"{check.subject.label}: not checked: {check.not_checked}")
+        print("\n".join(["token problems:", *(f"  {line}" for line in problems)]) if problems else
+              f"tokens ok ({sum(1 for c in checks if c.not_checked is None)} checked with debug_token)")
+        return EXIT_ACCOUNTS_FAILED if problems else EXIT_OK
+
+    return run_async(main, use_uvloop=False)
+
+
+def _token_checks_wanted(cfg: settings.Config) -> bool:
+    from collector import token_tools  # noqa: PLC0415
+
+    return token_tools.needs_calls(cfg)
+
+
+async def _token_checks(cfg: settings.Config) -> list[Any]:
+    """Every configured token checked with debug_token (collector/token_tools.py), logged as well."""
+    from collector import graph, token_tools  # noqa: PLC0415
+
+    async with graph.client_for(cfg, metrics.Metrics()) as client:
+        checks = await token_tools.check_all(client, cfg)
+    token_tools.report(checks)
+    return checks
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if not cfg.tokens:
+        print("no [[tokens]] configured: nothing to discover", file=sys.stderr)
+        return EXIT_OK
+
+    async def main(signals: Signals) -> int:
+        from collector import discovery, graph  # noqa: PLC0415
+
+        async with graph.client_for(cfg, metrics.Metrics()) as client:
+            result = await discovery.discover(client, cfg.tokens, cfg.accounts)
+        _print_discovery(result, csv_out=args.csv)
+        return EXIT_ACCOUNTS_FAILED if result.failed else EXIT_OK
+
+    return run_async(main, use_uvloop=not args.no_uvloop)
+
+
+def _print_discovery(result: Any, *, csv_out: bool) -> None:
+    """The accounts [[tokens]] reach (a table, or CSV in the accounts-file format without tokens), then
+    the tokens that found nothing and why (on stderr with --csv, so stdout stays a valid accounts file)."""
+    if csv_out:
+        lines = ["# Discovered by ig-collector discover. access_token_env names the variable of the token",
+                 "# that found the account; empty where the token was not given as an environment variable.",
+                 "ig_user_id,login,access_token_env"]
+        lines += [f"{f.account.ig_user_id},{f.account.login},{_env_of(result, f)}" for f in result.accounts]
+        print("\n".join(lines))
+    else:
+        rows: list[tuple[object, ...]] = [
+            (f.account.ig_user_id, f.username or "", f.account.login, f.account.source)
+            for f in result.accounts]
+        print(f"accounts to collect from [[tokens]]: {len(rows)}")
+        if rows:
+            print(_table(["ig_user_id", "username", "login", "found by"], rows))
+    notes = [f"{o.token.label}: found nothing: {o.why_nothing()}" for o in result.outcomes if o.why_nothing()]
+    if result.configured_wins:
+        notes.append(f"{len(result.configured_wins)} discovered account(s) are also in [[accounts]] or the "
+                     "accounts file, which win: " + ", ".join(result.configured_wins))
+    notes += [f"{o.token.label}: skipped {note}" for o in result.outcomes for note in o.skipped]
+    if notes:
+        print(logs.redact("\n".join(notes)), file=sys.stderr if csv_out else sys.stdout)
+
+
+def _env_of(result: Any, found: Any) -> str:
+    token = next(o.token for o in result.outcomes if found in o.found)
+    return str(token.env_name or "")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """`token exchange`: a short-lived token (stdin, or --token-env/--token-file; never argv) for a
+    long-lived one, printed once to stdout."""
+    cfg = _load(args)
+    short = _read_short_token(args)
+
+    async def main(signals: Signals) -> int:
+        from collector import graph, token_tools  # noqa: PLC0415
+
+        async with graph.client_for(cfg, metrics.Metrics()) as client:
+            exchanged = await token_tools.exchange(client, cfg.app, args.login, short)
+        sys.stdout.write(exchanged.token.reveal() + "\n")
+        sys.stdout.flush()
+        days = f"{exchanged.expires_in_s / 86400:.0f} days" if exchanged.expires_in_s else "an unknown time"
+        print(f"ig-collector: long-lived {args.login} token printed on stdout; valid for {days}",
+              file=sys.stderr)
+        return EXIT_OK
+
+    try:
+        return run_async(main, use_uvloop=not args.no_uvloop)
+    except exceptions.GraphError as exc:
+        print(f"ig-collector: token exchange failed: {logs.redact(exc.describe())}", file=sys.stderr)
+        return EXIT_ACCOUNTS_FAILED
+
+
+def _read_short_token(args: argparse.Namespace) -> Any:
+    from collector import models, redaction  # noqa: PLC0415
+
+    if args.token_env:
+        value = os.environ.get(args.token_env, "")
+        where = f"environment variable {args.token_env}"
+    elif args.token_file:
+        try:
+            value = args.token_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise exceptions.ConfigError(f"cannot read {args.token_file}: {exc.strerror}") from exc
+        where = str(args.token_file)
+    elif sys.stdin.isatty():
+        import getpass  # noqa: PLC0415
+
+        value = getpass.getpass("short-lived token (not echoed): ")
+        where = "the terminal"
+    else:
+        value = sys.stdin.readline()
+        where = "stdin"
+    value = value.strip()
+    if not value:
+        raise exceptions.ConfigError(f"no token read from {where}")
+    redaction.register_secret(value)
+    return models.Secret(value)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -170,7 +298,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from collector import status  # noqa: PLC0415
 
     async def main(signals: Signals) -> int:
-        return await status.main(cfg)
+        code = await status.main(cfg)
+        if _token_checks_wanted(cfg):
+            problems = [line for check in await _token_checks(cfg) for line in check.lines()]
+            print("\n".join(["token problems:", *(f"  {line}" for line in problems)]) if problems else
+                  "tokens ok")
+        return code
 
     return run_async(main, use_uvloop=not args.no_uvloop)
 
@@ -326,10 +459,23 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
              "($DATABASE_URL if set, else an embedded PostgreSQL), migrate, run one pass with a live "
              "progress display and print a summary of the stored data."),
     "status": (cmd_status, "show each account's last success, status and next due time",
-               "Read per-account and per-job state from the database and print it as a table."),
+               "Read per-account and per-job state from the database and print it as a table; with [app] "
+               "configured, also check the Facebook tokens with debug_token and list their problems."),
+    "discover": (cmd_discover, "list the accounts the [[tokens]] reach, without collecting",
+                 "Ask every [[tokens]] entry which Instagram accounts it reaches (Facebook Login: "
+                 "/me/accounts, every page; Instagram Login: /me) and print what `once` and `run` would "
+                 "collect from them, then the tokens that found nothing and why. Tokens are named by their "
+                 "position in the config, never by their value. Exit 1 when a token's discovery failed."),
+    "token": (cmd_token, "token lifecycle: exchange a short-lived token for a long-lived one",
+              "token exchange --login facebook|instagram: read a short-lived token from stdin (or "
+              "--token-env NAME / --token-file PATH; never from the command line, which `ps` shows), "
+              "exchange it with Meta (Facebook: fb_exchange_token with [app] app_id and app_secret; "
+              "Instagram: ig_exchange_token with [app] app_secret) and print the long-lived token once, on "
+              "stdout only. Example: ig-collector token exchange --login facebook -c config.toml < short.txt "
+              "> long.txt"),
 }
-_WITH_CONFIG = ("once", "run", "migrate", "check-config", "status")
-_WITH_LOOP = ("once", "run", "migrate", "status", "demo")
+_WITH_CONFIG = ("once", "run", "migrate", "check-config", "status", "discover", "token")
+_WITH_LOOP = ("once", "run", "migrate", "status", "demo", "discover", "token")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -362,6 +508,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             p.add_argument("--no-uvloop", action="store_true",
                            help="use the standard asyncio event loop instead of uvloop")
     _add_once_arguments(sub.choices["once"])
+    _add_token_arguments(sub.choices)
     _add_demo_arguments(sub.choices["demo"])
     _add_simulator_arguments(sub.choices["simulate"], load=command == "simulate")
     return parser
@@ -371,6 +518,25 @@ def _add_once_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress display")
     p.add_argument("--progress-interval-s", type=float, default=30.0, metavar="S",
                    help="seconds between progress log events when stderr is not a terminal (default 30)")
+
+
+def _add_token_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
+    parsers["check-config"].add_argument(
+        "--no-token-check", action="store_true",
+        help="do not check the tokens with debug_token (no call to Meta); otherwise, with [app] configured, "
+             "exit 1 when a token is invalid, lacks instagram_manage_insights or expires within 7 days")
+    parsers["discover"].add_argument("--csv", action="store_true",
+                                     help="print the accounts in the accounts-file format (no tokens: the "
+                                          "access_token_env column names the token's variable)")
+    token = parsers["token"]
+    token.add_argument("action", choices=("exchange",), help="exchange: short-lived -> long-lived")
+    token.add_argument("--login", choices=("facebook", "instagram"), required=True,
+                       help="the login the short-lived token comes from")
+    source = token.add_mutually_exclusive_group()
+    source.add_argument("--token-env", metavar="NAME",
+                        help="read the short-lived token from this environment variable")
+    source.add_argument("--token-file", type=Path, metavar="PATH",
+                        help="read the short-lived token from this file")
 
 
 def _add_demo_arguments(p: argparse.ArgumentParser) -> None:

@@ -393,6 +393,13 @@ class GraphClient:
                          served=served)
 
 
+def client_for(config: settings.Config, counters: metrics.Metrics) -> GraphClient:
+    """The Graph client of a config: its throttle and retry policy from [rate_limit] and [retry]."""
+    throttle = ratelimit.Throttle(config.rate_limit, counters)
+    policy = retry.RetryPolicy(config.retry, pause_cap_s=config.rate_limit.pause_cap_s)
+    return GraphClient(config.graph, throttle, policy, counters)
+
+
 _UNREADABLE = object()  # a 2xx body that is not JSON (stands in for the decoded value)
 _REDUCE_DATA = re.compile(r"reduce the amount of data", re.IGNORECASE)
 

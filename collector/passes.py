@@ -21,8 +21,6 @@ from collector import (
     metrics,
     models,
     progress,
-    ratelimit,
-    retry,
     settings,
     token_tools,
 )
@@ -105,7 +103,7 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
             retries=int(metrics.total(metrics.graph_retries)),
             elapsed_s=time.monotonic() - started)
 
-    async with _graph_client(config, metrics) as client, \
+    async with graph.client_for(config, metrics) as client, \
             storage_writer.Writer(pool, metrics=metrics) as writer:
         config = await _with_discovered(config, client, pool, now=now, counters=metrics, summary=summary)
         accounts = iter(config.accounts)
@@ -164,12 +162,6 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
 
 
 INTERRUPTED = "interrupted"
-
-
-def _graph_client(config: settings.Config, counters: metrics.Metrics) -> graph.GraphClient:
-    throttle = ratelimit.Throttle(config.rate_limit, counters)
-    policy = retry.RetryPolicy(config.retry, pause_cap_s=config.rate_limit.pause_cap_s)
-    return graph.GraphClient(config.graph, throttle, policy, counters)
 
 
 async def _with_discovered(config: settings.Config, client: graph.GraphClient, pool: asyncpg.Pool, *,

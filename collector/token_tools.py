@@ -117,6 +117,12 @@ def subjects(cfg: settings.Config) -> list[Subject]:
     return out
 
 
+def needs_calls(cfg: settings.Config) -> bool:
+    """Whether `check_all` would ask Meta anything (an [app] and at least one Facebook token)."""
+    return bool(cfg.app.app_id and cfg.app.app_secret is not None
+                and any(s.login == "facebook" for s in subjects(cfg)))
+
+
 async def check_all(client: graph.GraphClient, cfg: settings.Config, now: datetime | None = None,
                     *, only_tokens: bool = False) -> list[TokenCheck]:
     """Check every token (see the module docstring); `only_tokens`: only the [[tokens]] entries."""
