@@ -5,17 +5,15 @@ second pass must change nothing."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from collector import catalogue, config, metrics, models, pacific, passes
-from collector.simulator import world as world_mod
-from tests import fixtures_sim
+from collector import catalogue, config, metrics, models, passes
+from tests import expected_values, fixtures_sim
 
 BACKFILL_DAYS = 4
 FAST = {
@@ -35,10 +33,6 @@ async def counts(pool: asyncpg.Pool) -> dict[str, int]:
     tables = [t.value for t in models.Table if t is not models.Table.JOB_STATE]
     tables.append("ig_media_insight_history")
     return {t: await pool.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
-
-
-def as_number(value: Decimal) -> int | float:
-    return int(value) if value == value.to_integral_value() else float(value)
 
 
 @pytest.fixture
@@ -71,95 +65,8 @@ async def test_full_pass_stores_exactly_the_simulators_values(
             "ok", account.username, account.followers_count, account.media_count, account.login)
 
     good = [a for a in accounts if not a.token_error]
-    cat = catalogue.Catalogue()
-    skip = fixtures_sim.boundary_stories(world, good, started_s)
-    media_rows = {str(r["media_id"]): r for r in await pool.fetch("SELECT * FROM ig_media")
-                  if str(r["media_id"]) not in skip}
-    insight = {(str(r["media_id"]), r["metric"], r["breakdown"], r["dimension"]): as_number(r["value"])
-               for r in await pool.fetch("SELECT * FROM ig_media_insight") if str(r["media_id"]) not in skip}
-    unavailable = {(r["object_type"], str(r["object_id"]), r["metric"], r["scope"]): r["reason"]
-                   for r in await pool.fetch("SELECT * FROM ig_unavailable")}
-    expected_media: dict[str, world_mod.SimMedia] = {}
-    for account in good:
-        cutoff = now - timedelta(days=90)
-        for media in world.media_of(account.ig_user_id):
-            if media.timestamp > cutoff + timedelta(minutes=5):
-                expected_media[media.media_id] = media
-        for story in world.stories_of(account.ig_user_id):
-            if story.media_id not in skip:
-                expected_media[story.media_id] = story
-    assert set(media_rows) == set(expected_media)
-
-    expected_insight: dict[tuple[str, str, str, str], int | float] = {}
-    for media_id, media in expected_media.items():
-        account = world.account(media.ig_user_id)
-        row = media_rows[media_id]
-        assert (str(row["ig_user_id"]), row["media_type"], row["media_product_type"], row["permalink"]) == (
-            media.ig_user_id, media.media_type, media.media_product_type,
-            None if media.is_story else media.permalink) or row["permalink"] == media.permalink
-        assert row["posted_at"] == media.timestamp
-        assert row["like_count"] == (None if media.is_story else world.like_count(media))
-        reason = world.media_unavailable(media)
-        if reason == "pre_conversion":
-            assert unavailable[("media", media_id, "*", "")] == "posted_before_business_conversion"
-            continue
-        if reason == "not_enough_viewers":
-            assert unavailable[("media", media_id, "*", "")] == "not_enough_viewers"
-            continue
-        wanted = set(cat.media_metrics(account.login, media.media_product_type))
-        supported = world.supported_media_metrics(media, account.login)
-        for metric in wanted & supported:
-            expected_insight[(media_id, metric, "", "")] = world.media_metric_value(media_id, metric)
-        for metric in wanted - supported:
-            assert unavailable[("media", media_id, metric, "")] == "unsupported_for_product_type", metric
-        for metric, breakdown in cat.media_breakdowns(media.media_product_type):
-            if metric in supported:
-                for dim, value in world.media_breakdown(media_id, metric, breakdown).items():
-                    expected_insight[(media_id, metric, breakdown, dim.upper())] = value
-    assert insight == expected_insight
-    assert not any(value == 0 and key[2] == "" for key, value in insight.items()
-                   if world.media_metric_value(key[0], key[1]) != 0)
-
-    # Account insights: one row per Pacific day and metric, exactly the simulator's daily values.
-    days = pacific.complete_days(now, BACKFILL_DAYS)
-    account_rows = {(str(r["ig_user_id"]), r["metric"], r["period"], r["end_time"], r["breakdown"],
-                     r["dimension"]): as_number(r["value"])
-                    for r in await pool.fetch("SELECT * FROM ig_account_insight")}
-    expected_account: dict[tuple[Any, ...], int | float] = {}
-    for account in good:
-        uid = account.ig_user_id
-        for day in days:
-            end = pacific.day_end_utc(day)
-            for metric in (*catalogue.ACCOUNT_TOTAL_VALUE, "reach"):
-                value = world.account_day_value(uid, metric, day)
-                if value is None:
-                    assert ("account", uid, metric, end.isoformat()) in unavailable, (uid, metric, day)
-                else:
-                    expected_account[(uid, metric, "day", end, "", "")] = value
-            followers = world.follower_count(uid, day)
-            if followers is None:
-                assert unavailable[("account", uid, "follower_count", end.isoformat())] == (
-                    "fewer_than_100_followers" if account.low_followers else "no_data")
-            else:
-                expected_account[(uid, "follower_count", "day", end, "", "")] = followers
-        today_end = pacific.day_end_utc(pacific.today(now))
-        for metric in catalogue.DEMOGRAPHICS:
-            for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS:
-                values = world.demographics(uid, metric, breakdown)
-                if not values:
-                    assert ("account", uid, metric, f"this_month:{breakdown}") in unavailable
-                for dim, value in values.items():
-                    expected_account[(uid, metric, "this_month", today_end, breakdown, dim)] = value
-    online = {k: v for k, v in account_rows.items() if k[1] == "online_followers"}
-    demographic_or_daily = {k: v for k, v in account_rows.items() if k[1] != "online_followers"}
-    assert demographic_or_daily == expected_account
-    for account in good:
-        has_online = any(k[0] == account.ig_user_id for k in online)
-        assert has_online != account.low_followers
-    if any(a.low_followers for a in good):
-        low = next(a for a in good if a.low_followers)
-        assert unavailable[("account", low.ig_user_id, "follower_demographics", "this_month:age")] == (
-            "fewer_than_100_followers")
+    await expected_values.assert_stored_exactly(pool, world, good, started_s=started_s, now=now,
+                                                backfill_days=BACKFILL_DAYS)
 
 
 async def test_second_pass_is_idempotent(tmp_path: Path, twenty: fixtures_sim.RunningSimulator, db_dsn: str,
@@ -245,7 +152,7 @@ async def test_instagram_login_without_media_product_type_still_collects_everyth
         stored_type = await pool.fetchval("SELECT media_product_type FROM ig_media WHERE media_id = $1",
                                           int(item.media_id))
         assert stored_type is None  # absent from Meta's answer: not guessed into the table
-        values = {r["metric"]: as_number(r["value"]) for r in await pool.fetch(
+        values = {r["metric"]: expected_values.as_number(r["value"]) for r in await pool.fetch(
             "SELECT metric, value FROM ig_media_insight WHERE media_id = $1 AND breakdown = ''",
             int(item.media_id))}
         plan = cat.media_plan("instagram", None, item.media_type)

@@ -117,11 +117,19 @@ async def test_token_refresh_exchange_and_debug(http: aiohttp.ClientSession,
     status, body, _ = await get(http, sim, "/refresh_access_token", None, grant_type="ig_refresh_token",
                                 access_token=fresh)
     assert (status, body["error"]["code"]) == (400, 100)
+    app = sim.simulator.accounts
     status, body, _ = await get(http, sim, "/v24.0/oauth/access_token", None, grant_type="fb_exchange_token",
-                                client_id="1", client_secret="s", fb_exchange_token=fb.access_token)
+                                client_id=app.app_id, client_secret="bad", fb_exchange_token=fb.access_token)
+    assert (status, body["error"]["code"]) == (400, 101)
+    status, body, _ = await get(http, sim, "/v24.0/oauth/access_token", None, grant_type="fb_exchange_token",
+                                client_id=app.app_id, client_secret=app.app_secret,
+                                fb_exchange_token=fb.access_token)
     assert status == 200 and body["access_token"].startswith("EAA")
     status, body, _ = await get(http, sim, "/v24.0/debug_token", None, input_token=fb.access_token,
                                 access_token="1|secret")
+    assert (status, body["error"]["code"]) == (400, 190)  # not the app's token
+    status, body, _ = await get(http, sim, "/v24.0/debug_token", None, input_token=fb.access_token,
+                                access_token=f"{app.app_id}|{app.app_secret}")
     assert body["data"]["is_valid"] is True and body["data"]["user_id"] == fb.ig_user_id
     assert body["data"]["expires_at"] == fb.token_issued_at + 60 * 86400
 
