@@ -100,9 +100,9 @@ def run_async(main: Callable[[Signals], Awaitable[int]], *, use_uvloop: bool = T
 # -- subcommands -----------------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> settings.Config:
+def _load(args: argparse.Namespace, *, require_accounts: bool = True) -> settings.Config:
     """Load the config, then (re)configure logging from it unless the command line said otherwise."""
-    cfg = config.load(args.config)
+    cfg = config.load(args.config, require_accounts=require_accounts)
     logs.configure(level=args.log_level or cfg.log.level,
                    json=args.log_json if args.log_json is not None else cfg.log.json)
     return cfg
@@ -194,7 +194,7 @@ def _env_of(result: Any, found: Any) -> str:
 def cmd_token(args: argparse.Namespace) -> int:
     """`token exchange`: a short-lived token (stdin, or --token-env/--token-file; never argv) for a
     long-lived one, printed once to stdout."""
-    cfg = _load(args)
+    cfg = _load(args, require_accounts=False)
     short = _read_short_token(args)
 
     async def main(signals: Signals) -> int:

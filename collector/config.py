@@ -62,9 +62,11 @@ _AT_MOST = {"rate_limit.min_rate_fraction": 1.0, "rate_limit.slow_down_at_pct": 
             "schedule.jitter_fraction": 1.0}
 
 
-def load(path: Path) -> settings.Config:
-    """Read, validate and return the config at `path` (and its accounts file). Raises `ConfigError`."""
-    return _Loader(path).load()
+def load(path: Path, *, require_accounts: bool = True) -> settings.Config:
+    """Read, validate and return the config at `path` (and its accounts file). Raises `ConfigError`.
+    `require_accounts=False` accepts a config without accounts or tokens (`token exchange` needs only
+    [app] and [graph])."""
+    return _Loader(path, require_accounts=require_accounts).load()
 
 
 def database_target(config: settings.Config) -> str:
@@ -116,8 +118,9 @@ def _shown(value: object) -> str:
 
 
 class _Loader:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, require_accounts: bool = True) -> None:
         self.path = path
+        self.require_accounts = require_accounts
         self.name = str(path)
         self.base = path.parent
         self.secrets: list[str] = []
@@ -178,7 +181,7 @@ class _Loader:
             raise self.fail(self.at(None, "tokens"), f"expected an array of tables [[tokens]], "
                                                      f"got {_toml_type(token_tables)}")
         token_sources = tuple(self.token_source(index, entry) for index, entry in enumerate(token_tables, 1))
-        if not accounts and not token_sources:
+        if not accounts and not token_sources and self.require_accounts:
             raise self.fail(self.name, "no accounts configured: add [[accounts]] tables, an accounts_file "
                                        "or [[tokens]] to discover them from")
         for account in accounts:

@@ -202,6 +202,17 @@ def test_ten_thousand_csv_rows_load_fast(tmp_path: Path) -> None:
     ("[[accounts]]\nig_user_id = '1'\nlogin = 'instagram'\naccess_token = 'abcdefgh'\ntoken = 'x'\n",
      "[[accounts]] #1 token", "unknown key"),
     ("accounts = 'x'\n", "accounts", "array of tables"),
+    ("tokens = 'x'\n", "tokens", "array of tables [[tokens]]"),
+    ("[[tokens]]\naccess_token = 'abcdefgh'\n", "[[tokens]] #1 login", "missing required key"),
+    ("[[tokens]]\nlogin = 'myspace'\naccess_token = 'abcdefgh'\n", "[[tokens]] #1 login", "unknown login"),
+    ("[[tokens]]\nlogin = 'facebook'\n", "[[tokens]] #1 access_token", "exactly one of"),
+    ("[[tokens]]\nlogin = 'facebook'\naccess_token = 'abcdefgh'\naccess_token_file = 'x'\n",
+     "[[tokens]] #1 access_token", "found access_token, access_token_file"),
+    ("[[tokens]]\nlogin = 'facebook'\naccess_token_env = 'NO_SUCH_VAR_43'\n",
+     "[[tokens]] #1 access_token_env", "NO_SUCH_VAR_43 is not set"),
+    ("[[tokens]]\nlogin = 'facebook'\naccess_token = 'abcdefgh'\nig_user_id = '1'\n",
+     "[[tokens]] #1 ig_user_id", "unknown key"),
+    ("[collect]\ndiscovery_interval_s = 0\n" + ACCOUNT, "[collect] discovery_interval_s", "greater than 0"),
     ("[graph\n", "", "invalid TOML"),
 ])
 def test_errors_name_the_source(tmp_path: Path, toml: str, source: str, fragment: str) -> None:
@@ -209,6 +220,29 @@ def test_errors_name_the_source(tmp_path: Path, toml: str, source: str, fragment
     assert err.source == f"{tmp_path}/config.toml" + (f": {source}" if source else "")
     assert fragment in str(err)
     assert "abcdefgh" not in str(err)
+
+
+def test_tokens_alone_are_a_valid_config_and_are_named_by_position(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FB_TOKEN", "fb-token-secret-1")
+    (tmp_path / "ig.token").write_text("ig-token-secret-2\n")
+    toml = ("[[tokens]]\nlogin = 'facebook'\naccess_token_env = 'FB_TOKEN'\n"
+            "[[tokens]]\nlogin = 'instagram'\naccess_token_file = 'ig.token'\n"
+            "[[tokens]]\nlogin = 'instagram'\naccess_token = 'ig-token-secret-3'\n")
+    cfg = config.load(write(tmp_path, toml))
+    assert cfg.accounts == ()
+    assert [t.label for t in cfg.tokens] == [
+        "[[tokens]] #1 (facebook, access_token_env=FB_TOKEN)",
+        "[[tokens]] #2 (instagram, access_token_file=ig.token)",
+        "[[tokens]] #3 (instagram, access_token)"]
+    secrets = ("fb-token-secret-1", "ig-token-secret-2", "ig-token-secret-3")
+    assert [t.access_token for t in cfg.tokens] == [models.Secret(s) for s in secrets]
+    assert cfg.collect.discovery_interval_s == 6 * 3600.0
+    summary = "\n".join(config.summary(cfg))
+    assert "[[tokens]] #2 (instagram, access_token_file=ig.token)" in summary
+    for secret in secrets:
+        assert secret not in summary
+        assert secret not in redaction.redact(f"x {secret} y")
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
