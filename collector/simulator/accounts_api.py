@@ -207,12 +207,13 @@ class AccountsApi:
         except ValueError:
             raise rules.ApiError(rules.invalid_parameter("Param limit must be an integer")) from None
         start = _decode_cursor(params["after"]) + 1 if params.get("after") else 0
-        wants_ig = "instagram_business_account" in params.get("fields", "")
+        fields = _top_level_fields(params.get("fields", "id"))
+        wants_ig = "instagram_business_account" in fields
         data: list[dict[str, Any]] = []
         page_slice = user.pages[start:start + limit]
         for page in page_slice:
             item: dict[str, Any] = {"id": page.page_id}
-            if "name" in params.get("fields", ""):
+            if "name" in fields:
                 item["name"] = page.name
             if wants_ig and page.linked and page.ig_user_id is not None:
                 account = self.world.account(page.ig_user_id)
@@ -333,6 +334,13 @@ def _decode_cursor(cursor: str) -> int:
         return int(position)
     except ValueError:
         raise rules.ApiError(rules.invalid_parameter("Invalid cursor")) from None
+
+
+def _top_level_fields(fields: str) -> set[str]:
+    """`instagram_business_account{id,username},name` -> {"instagram_business_account", "name"}."""
+    from collector.simulator import api  # noqa: PLC0415  # api imports this module at its top
+
+    return {field.split("{", 1)[0] for field in api.split_fields(fields)}
 
 
 def _meta_time(ts: float) -> str:
