@@ -335,13 +335,16 @@ class _Loader:
         problem = id_problem(raw_id)
         if problem:
             raise self.fail(f"{at} ig_user_id", problem)
+        login = self.entry_login(entry, at)
+        token, _, _ = self.entry_token(entry, at)
+        return models.Account(ig_user_id=raw_id, login=login, access_token=token, source=origin)
+
+    def entry_login(self, entry: Mapping[str, object], at: str) -> models.Login:
         login = entry["login"]
         if login not in models.LOGINS:
             raise self.fail(f"{at} login", f"unknown login {_shown(login)} (expected one of "
                                            f"{', '.join(models.LOGINS)})")
-        token, _, _ = self.entry_token(entry, at)
-        return models.Account(ig_user_id=raw_id, login=typing.cast(models.Login, login), access_token=token,
-                              source=origin)
+        return login  # narrowed by the membership test
 
     def entry_token(self, entry: Mapping[str, object], at: str) -> tuple[models.Secret, str, str]:
         """The token of an [[accounts]] or [[tokens]] table: exactly one of access_token, access_token_env,
@@ -371,13 +374,10 @@ class _Loader:
                                                   f"{', '.join(_TOKEN_KEYS)})")
         if "login" not in entry:
             raise self.fail(f"{at} login", "missing required key")
-        login = entry["login"]
-        if login not in models.LOGINS:
-            raise self.fail(f"{at} login", f"unknown login {_shown(login)} (expected one of "
-                                           f"{', '.join(models.LOGINS)})")
+        login = self.entry_login(entry, at)
         token, key, value = self.entry_token(entry, at)
-        return models.TokenSource(position=index, login=typing.cast(models.Login, login), access_token=token,
-                                  key=key, reference=None if key == "access_token" else value)
+        return models.TokenSource(position=index, login=login, access_token=token, key=key,
+                                  reference=None if key == "access_token" else value)
 
 
 def id_problem(ig_user_id: str) -> str | None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ import pytest
 import structlog
 
 from collector import config, daemon, discovery, graph, metrics, models, passes, sdnotify
+from collector.simulator import accounts_api
 from collector.simulator import world as world_mod
 from tests import expected_values, fixtures_sim
+from tests.test_daemon import until
 
 BACKFILL_DAYS = 3
 FAST = {
@@ -53,6 +54,21 @@ def facebook_accounts(sim: fixtures_sim.RunningSimulator, n: int) -> list[world_
     return chosen
 
 
+FacebookSetup = tuple[list[world_mod.SimAccount], accounts_api.FacebookUser, str, Path]
+
+
+def facebook_user(tmp_path: Path, sim: fixtures_sim.RunningSimulator, dsn: str,
+                  monkeypatch: pytest.MonkeyPatch, *, accounts: int, without: int) -> FacebookSetup:
+    """A Facebook user whose Pages link the first `accounts` Facebook Login accounts (plus `without` Pages
+    without one), and a config whose only [[tokens]] entry is that user's token in $FB_TOKEN."""
+    reached = facebook_accounts(sim, accounts)
+    user = sim.simulator.accounts.add_user([a.ig_user_id for a in reached], pages_without_account=without)
+    token = sim.simulator.accounts.user_token(user)
+    monkeypatch.setenv("FB_TOKEN", token)
+    path = write_config(tmp_path, sim, dsn, [("facebook", "access_token_env", "FB_TOKEN")])
+    return reached, user, token, path
+
+
 async def run_pass(path: Path, pool: asyncpg.Pool,
                    counters: metrics.Metrics | None = None) -> passes.PassSummary:
     return await passes.run_pass(config.load(path), pool, stop=asyncio.Event(),
@@ -79,11 +95,7 @@ async def test_one_facebook_token_collects_the_40_accounts_of_its_pages(
         tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str, pool: asyncpg.Pool,
         monkeypatch: pytest.MonkeyPatch) -> None:
     sim = await start_simulator(accounts=90, media_per_account=3, seed=11, world_knobs=NO_BAD_TOKENS)
-    reached = facebook_accounts(sim, 40)
-    user = sim.simulator.accounts.add_user([a.ig_user_id for a in reached], pages_without_account=7)
-    token = sim.simulator.accounts.user_token(user)
-    monkeypatch.setenv("FB_TOKEN", token)
-    path = write_config(tmp_path, sim, db_dsn, [("facebook", "access_token_env", "FB_TOKEN")])
+    reached, _, token, path = facebook_user(tmp_path, sim, db_dsn, monkeypatch, accounts=40, without=7)
     counters = metrics.Metrics()
     started_s = sim.world.clock()
     with captured_logs() as logs:
@@ -148,11 +160,7 @@ async def test_unlinking_a_page_marks_its_account_unlinked_and_relinking_restore
         tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str, pool: asyncpg.Pool,
         monkeypatch: pytest.MonkeyPatch) -> None:
     sim = await start_simulator(accounts=12, media_per_account=3, seed=9, world_knobs=NO_BAD_TOKENS)
-    reached = facebook_accounts(sim, 4)
-    user = sim.simulator.accounts.add_user([a.ig_user_id for a in reached], pages_without_account=1)
-    token = sim.simulator.accounts.user_token(user)
-    monkeypatch.setenv("FB_TOKEN", token)
-    path = write_config(tmp_path, sim, db_dsn, [("facebook", "access_token_env", "FB_TOKEN")])
+    reached, user, token, path = facebook_user(tmp_path, sim, db_dsn, monkeypatch, accounts=4, without=1)
     ids = {a.ig_user_id for a in reached}
     gone = reached[1].ig_user_id
     page = sim.simulator.accounts.page_of(gone)
@@ -218,18 +226,6 @@ async def test_a_token_removed_from_the_config_unlinks_what_only_it_reached(
 # -- the daemon ---------------------------------------------------------------------------------------------
 
 
-async def until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_daemon_discovers_at_start_on_sighup_and_on_its_interval(
         tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str,
         pool: asyncpg.Pool) -> None:
@@ -245,19 +241,19 @@ async def test_daemon_discovers_at_start_on_sighup_and_on_its_interval(
     task = asyncio.create_task(service.serve())
     ids = {a.ig_user_id for a in reached}
     try:
-        await until(lambda: set(service.accounts) == ids)  # at start
-        await until(lambda: _all_ok(pool, ids))
+        await until(lambda: set(service.accounts) == ids, 30)  # at start
+        await until(lambda: _all_ok(pool, ids), 30)
         directory.set_linked(directory.page_of(reached[0].ig_user_id).page_id, False)
         service.request_reload()  # what SIGHUP does
-        await until(lambda: set(service.accounts) == ids - {reached[0].ig_user_id})
-        await until(lambda: _status_is(pool, reached[0].ig_user_id, "unlinked"))
+        await until(lambda: set(service.accounts) == ids - {reached[0].ig_user_id}, 30)
+        await until(lambda: _status_is(pool, reached[0].ig_user_id, "unlinked"), 30)
         # The interval: a config reloaded with a short one picks up the relinked Page by itself.
         directory.set_linked(directory.page_of(reached[0].ig_user_id).page_id, True)
         sections["collect"]["discovery_interval_s"] = 0.2
         write_config(tmp_path, sim, db_dsn, [("facebook", "access_token", token)], sections=sections)
         service.request_reload()
-        await until(lambda: set(service.accounts) == ids)
-        await until(lambda: _status_is(pool, reached[0].ig_user_id, "ok"))
+        await until(lambda: set(service.accounts) == ids, 30)
+        await until(lambda: _status_is(pool, reached[0].ig_user_id, "ok"), 30)
         exposition = service.metrics.exposition().decode()
         assert 'ig_collector_discovered_accounts{token="#1"} 3.0' in exposition
         assert token not in exposition
