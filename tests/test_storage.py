@@ -16,12 +16,12 @@ from collector.storage import db, migrations, queries, writer
 
 EXPECTED_TABLES = {
     "ig_account", "ig_media", "ig_media_insight", "ig_media_insight_history", "ig_account_insight",
-    "ig_unavailable", "collector_job_state", "collector_schema_migrations",
+    "ig_unavailable", "collector_job_state", "collector_schema_migrations", "collector_discovered_account",
 }
 
 
 # Every migration the code ships, in order: a test that applies them from empty must see all of them.
-ALL_MIGRATIONS = ["001_init", "002_unavailable_current"]
+ALL_MIGRATIONS = ["001_init", "002_unavailable_current", "005_discovered_accounts"]
 
 
 async def tables(conn: asyncpg.Connection) -> set[str]:

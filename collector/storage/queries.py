@@ -10,7 +10,8 @@ import asyncpg
 from collector import exceptions, models
 
 # Exact counts (not pg_class estimates): `status` is run by an operator, and the tables are indexed.
-_COUNTED_TABLES = (*(t.value for t in models.Table), "ig_media_insight_history")
+_COUNTED_TABLES = (*(t.value for t in models.Table), "ig_media_insight_history",
+                   "collector_discovered_account")
 _COUNT_SQL = " UNION ALL ".join(
     f"SELECT '{name}' AS name, count(*) AS n FROM {name}" for name in _COUNTED_TABLES  # noqa: S608  (constants)
 )
