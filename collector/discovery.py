@@ -187,9 +187,7 @@ async def reconcile(pool: asyncpg.Pool, result: Discovery, token_sources: Sequen
         if token is not None and row.token_fingerprint not in answered:
             if not row.unlinked:  # its token could not be asked: keep collecting it as last known
                 round_.kept.append(row.ig_user_id)
-                round_.accounts.append(models.Account(
-                    ig_user_id=row.ig_user_id, login=row.login, access_token=token.access_token,
-                    source=f"{token.label} (last known: its discovery failed)"))
+                round_.accounts.append(_remembered(row, token, "last known: its discovery failed"))
             continue
         if not row.unlinked:
             round_.unlinked.append(row.ig_user_id)
@@ -199,6 +197,21 @@ async def reconcile(pool: asyncpg.Pool, result: Discovery, token_sources: Sequen
     round_.relinked = await discovered.record(pool, seen=seen, unlinked=newly_unlinked,
                                               reachable=sorted(found_ids | configured_ids), now=now)
     return round_
+
+
+def remembered(known: Iterable[discovered.Known],
+               token_sources: Sequence[models.TokenSource]) -> list[models.Account]:
+    """The accounts discovery found before (from the database, without asking Meta), with the configured
+    token that found them; one whose token is no longer configured carries an empty token (`status`)."""
+    by_fingerprint = {tokens.fingerprint(t.access_token): t for t in token_sources}
+    return [_remembered(row, by_fingerprint.get(row.token_fingerprint),
+                        "unlinked" if row.unlinked else "as last discovered") for row in known]
+
+
+def _remembered(row: discovered.Known, token: models.TokenSource | None, how: str) -> models.Account:
+    if token is None:
+        return models.Account(row.ig_user_id, row.login, models.Secret(""), f"[[tokens]] (gone; {how})")
+    return models.Account(row.ig_user_id, row.login, token.access_token, f"{token.label} ({how})")
 
 
 def report(round_: Round, counters: metrics.Metrics | None = None) -> None:

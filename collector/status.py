@@ -1,4 +1,5 @@
-"""`ig-collector status`: each configured account's last success per job, status, and next due time.
+"""`ig-collector status`: each configured (or discovered) account's last success per job, status, and next
+due time.
 
 Read from the database (what the daemon committed) and computed with the daemon's own `scheduler`
 functions, so the next due time shown is the one the daemon would choose. Token expiry comes from the
@@ -7,6 +8,7 @@ token store when the caller may read it (the service user).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,8 +16,8 @@ from typing import TextIO
 
 import asyncpg
 
-from collector import exceptions, models, scheduler, settings, tokens
-from collector.storage import db, queries
+from collector import discovery, exceptions, models, scheduler, settings, tokens
+from collector.storage import db, discovered, queries
 
 Key = tuple[str, models.Job]
 
@@ -53,6 +55,9 @@ async def main(config: settings.Config, *, out: TextIO | None = None) -> int:
     async with database:
         states = await load_job_states(database.pool)
         accounts = await _load_accounts(database.pool)
+        # Accounts found through [[tokens]] are shown too, as the last discovery left them.
+        found = discovery.remembered(await discovered.known(database.pool), config.tokens)
+    config = dataclasses.replace(config, accounts=discovery.merge(config.accounts, found))
     store = tokens.TokenStore(config.state_dir)
     try:
         store.load()

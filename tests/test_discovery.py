@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ import asyncpg
 import pytest
 import structlog
 
-from collector import config, daemon, discovery, graph, metrics, models, passes, sdnotify
+from collector import config, daemon, discovery, graph, metrics, models, passes, sdnotify, status
 from collector.simulator import accounts_api
 from collector.simulator import world as world_mod
 from tests import expected_values, fixtures_sim
@@ -179,6 +180,12 @@ async def test_unlinking_a_page_marks_its_account_unlinked_and_relinking_restore
     assert await statuses(pool) == {i: "unlinked" if i == gone else "ok" for i in ids}
     assert await pool.fetchval(media_of, int(gone)) == media_before  # its data stays
     assert [e["accounts"] for e in logs if e["event"] == "accounts_unlinked"] == [[gone]]
+    out = io.StringIO()
+    await status.main(config.load(path), out=out)
+    lines = out.getvalue().splitlines()
+    rows = {line.split()[0]: line.split()[2] for line in lines[1:] if line.split(" ", 1)[0].isdigit()}
+    assert rows == {i: "unlinked" if i == gone else "ok" for i in ids}
+    assert token not in out.getvalue()
 
     # A token whose discovery fails unlinks nothing: its accounts are kept (and collected) as last known.
     user.token_error = 460
