@@ -2,7 +2,9 @@
 
 Exit codes (stable; operators and systemd depend on them):
     0    every account collected
-    1    the pass completed, but some accounts failed permanently (their status is recorded)
+    1    the pass completed, but some accounts failed permanently (their status is recorded); for
+         check-config a token has a problem, for discover a token's discovery failed, for token exchange
+         Meta refused the exchange
     2    config or usage error (the message names the file, the key or line, and what is wrong)
     3    fatal: database unreachable, migration failed, or an internal error
     130  stopped by SIGINT, 143 by SIGTERM (after flushing everything already fetched)

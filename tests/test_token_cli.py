@@ -136,6 +136,24 @@ async def test_discover_prints_the_accounts_and_why_tokens_found_nothing(
     assert code == 0 and "accounts: 3 (instagram 0, facebook 3" in out, err
 
 
+async def test_once_with_tokens_names_a_failing_token_by_position_only(
+        tmp_path: Path, sim: fixtures_sim.RunningSimulator, db_dsn: str) -> None:
+    directory = sim.simulator.accounts
+    ig = next(a for a in sim.world.accounts() if a.login == "instagram")
+    revoked = directory.user_token(directory.add_user(facebook_ids(sim)[:2], token_error=460))
+    path = write_config(tmp_path, sim, [("instagram", "access_token_env", "IG_TOKEN"),
+                                        ("facebook", "access_token", revoked)])
+    path.write_text(path.read_text().replace(UNUSED_DSN, db_dsn))
+    code, out, err = await arun("once", "-c", str(path), "--no-progress", "--log-json",
+                                env={"IG_TOKEN": ig.access_token})
+    assert code == 0, err
+    assert orjson.loads(out)["accounts_total"] == 1
+    [failed] = [orjson.loads(x) for x in err.splitlines() if '"discovery_token_failed"' in x]
+    assert failed["token"] == "[[tokens]] #2 (facebook, access_token)" and "code=190" in failed["error"]
+    for token in (ig.access_token, revoked, directory.app_secret):
+        assert token not in out + err
+
+
 async def test_token_exchange_reads_stdin_or_env_and_prints_the_long_lived_token_once(
         tmp_path: Path, sim: fixtures_sim.RunningSimulator) -> None:
     directory = sim.simulator.accounts
