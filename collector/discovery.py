@@ -176,7 +176,7 @@ async def reconcile(pool: asyncpg.Pool, result: Discovery, token_sources: Sequen
     answered = {tokens.fingerprint(o.token.access_token) for o in result.outcomes if o.ok}
     found_ids = {f.account.ig_user_id for f in result.accounts} | set(result.configured_wins)
     round_ = Round(result, [f.account for f in result.accounts])
-    newly_unlinked: list[str] = []
+    unreachable: list[str] = []
     known = await discovered.known(pool)
     if not known and not result.accounts:
         return round_  # no [[tokens]], never had any: nothing to record
@@ -191,10 +191,10 @@ async def reconcile(pool: asyncpg.Pool, result: Discovery, token_sources: Sequen
             continue
         if not row.unlinked:
             round_.unlinked.append(row.ig_user_id)
-        newly_unlinked.append(row.ig_user_id)
+        unreachable.append(row.ig_user_id)
     seen = [discovered.Seen(f.account.ig_user_id, f.account.login, f.username,
                             tokens.fingerprint(f.account.access_token)) for f in result.accounts]
-    round_.relinked = await discovered.record(pool, seen=seen, unlinked=newly_unlinked,
+    round_.relinked = await discovered.record(pool, seen=seen, unlinked=unreachable,
                                               reachable=sorted(found_ids | configured_ids), now=now)
     return round_
 
