@@ -71,6 +71,15 @@ async def test_me_accounts_pages_and_user_token_collection(
     assert body["error"]["code"] == 100
     async with http.post(f"{sim.base_url}/__sim/pages/404/link") as resp:
         assert resp.status == 404
+    async with http.post(f"{sim.base_url}/__sim/users",
+                         params={"ig_user_ids": fb[2].ig_user_id, "pages_without_account": "1"}) as resp:
+        made = orjson.loads(await resp.read())
+    assert [p["ig_user_id"] for p in made["pages"]].count(fb[2].ig_user_id) == 1 and len(made["pages"]) == 2
+    status, body = await get(http, f"{sim.base_url}/v24.0/me/accounts", fields=FIELDS,
+                             access_token=made["access_token"])
+    key = "instagram_business_account"
+    linked_ids = [p[key]["id"] for p in body["data"] if key in p]
+    assert linked_ids == [fb[2].ig_user_id]
 
     narrow = directory.user_token(directory.add_user([fb[1].ig_user_id], scopes=("instagram_basic",)))
     status, body = await get(http, f"{sim.base_url}/v24.0/{fb[1].ig_user_id}/insights", metric="reach",

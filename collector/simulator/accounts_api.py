@@ -13,7 +13,9 @@ of api.py applies to it unchanged.
     sim.simulator.accounts.set_linked(page_id, linked)                  # unlink / relink a Page
     sim.simulator.accounts.app_id, .app_secret                          # the Meta app of the world
 
-Control endpoints (never counted), for tests that drive a simulator in another process:
+Control endpoints (never counted), for tests and demos that drive a simulator in another process:
+    POST /__sim/users?ig_user_ids=1,2&pages_without_account=N[&scopes=a,b][&short_lived=1]
+                                            a Facebook user with those Pages -> {user_id, access_token, pages}
     POST /__sim/pages/{page_id}/unlink      the Page's Instagram account is no longer linked
     POST /__sim/pages/{page_id}/link        linked again
 
@@ -353,7 +355,7 @@ def _meta_time(ts: float) -> str:
 
 
 def add_control_routes(app: web.Application, accounts: AccountsApi) -> None:
-    """`POST /__sim/pages/{page_id}/link|unlink` (before the catch-all Graph route)."""
+    """`POST /__sim/users`, `POST /__sim/pages/{page_id}/link|unlink` (before the catch-all Graph route)."""
 
     async def link(request: web.Request) -> web.Response:
         page_id, action = request.match_info["page_id"], request.match_info["action"]
@@ -364,4 +366,22 @@ def add_control_routes(app: web.Application, accounts: AccountsApi) -> None:
         return web.Response(body=orjson.dumps({"page_id": page_id, "linked": action == "link"}),
                             content_type="application/json")
 
+    async def add_user(request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            ids = [i for i in query.get("ig_user_ids", "").split(",") if i]
+            scopes: tuple[str, ...] = FACEBOOK_SCOPES
+            if "scopes" in query:
+                scopes = tuple(s for s in query["scopes"].split(",") if s)
+            user = accounts.add_user(ids, pages_without_account=int(query.get("pages_without_account", "0")),
+                                     scopes=scopes)
+        except (KeyError, ValueError) as exc:
+            return web.Response(status=400, body=orjson.dumps({"error": str(exc)}),
+                                content_type="application/json")
+        token = accounts.user_token(user, short_lived=query.get("short_lived") == "1")
+        pages = [{"page_id": p.page_id, "ig_user_id": p.ig_user_id} for p in user.pages]
+        made = {"user_id": user.user_id, "access_token": token, "pages": pages}
+        return web.Response(body=orjson.dumps(made), content_type="application/json")
+
     app.router.add_post(r"/__sim/pages/{page_id}/{action:link|unlink}", link)
+    app.router.add_post("/__sim/users", add_user)

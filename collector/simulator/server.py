@@ -8,6 +8,7 @@ Control endpoints (never counted, never faulted):
     GET  /__sim/stats                 stats snapshot (JSON)
     POST /__sim/reset                 clear stats, budgets/blocks and fault counters
     POST /__sim/advance?epochs=N      grow media metrics (World.advance)
+    POST /__sim/users?ig_user_ids=…   a Facebook user with Pages and its token (accounts_api)
     POST /__sim/pages/{id}/unlink     unlink (or /link: relink) a Page's Instagram account (accounts_api)
 
 Transport faults: "slow" answers after `faults.slow_delay_s`; "drop" closes the connection without an
