@@ -233,6 +233,8 @@ def report(round_: Round, counters: metrics.Metrics | None = None) -> None:
         log.warning("accounts_unlinked", accounts=round_.unlinked)
     if round_.relinked:
         log.info("accounts_relinked", accounts=round_.relinked)
+    if not result.outcomes and not round_.unlinked and not round_.relinked:
+        return  # no [[tokens]] and nothing changed: not worth a line per pass
     log.info("discovery_finished", tokens=len(result.outcomes), tokens_failed=len(result.failed),
              accounts=len(round_.accounts), kept_last_known=len(round_.kept), unlinked=len(round_.unlinked),
              relinked=len(round_.relinked), configured_wins=len(result.configured_wins))

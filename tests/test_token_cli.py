@@ -32,7 +32,10 @@ async def arun(*args: str, env: dict[str, str] | None = None,
 
 def write_config(tmp_path: Path, sim: fixtures_sim.RunningSimulator, tokens: list[tuple[str, str, str]], *,
                  app: bool = True) -> Path:
-    sections = {"retry": {"base_delay_s": 0.01, "max_delay_s": 0.05}}
+    sections: dict[str, dict[str, object]] = {
+        "retry": {"base_delay_s": 0.01, "max_delay_s": 0.05},
+        "rate_limit": {"account_calls_per_s": 0, "app_calls_per_s": 0},
+        "collect": {"account_backfill_days": 2, "media_max_age_days": 90}}
     if app:
         sections["app"] = {"app_id": sim.simulator.accounts.app_id,
                            "app_secret": sim.simulator.accounts.app_secret}
