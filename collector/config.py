@@ -161,6 +161,7 @@ class _Loader:
             # The embedded PostgreSQL lives with the rest of the state unless placed elsewhere on purpose.
             database = dataclasses.replace(database, embedded_dir=state_dir / "postgres")
         sections["database"] = database
+        self.check_basic_auth(typing.cast(settings.HttpSettings, sections["http"]))
         # A password in the DSN is a secret like any token ($DATABASE_URL counts: storage will use it).
         dsn = database.url or os.environ.get("DATABASE_URL")
         if dsn:
@@ -197,6 +198,15 @@ class _Loader:
             state_dir=state_dir,
             **sections,  # type: ignore[arg-type]  # keys and types follow _SECTIONS
         )
+
+    def check_basic_auth(self, http: settings.HttpSettings) -> None:
+        """`[http] basic_auth_user` and a `basic_auth_password*` go together: one without the other would
+        silently leave the web UI open."""
+        if (http.basic_auth_user is None) != (http.basic_auth_password is None):
+            key = "basic_auth_password" if http.basic_auth_password is None else "basic_auth_user"
+            raise self.fail(self.at("http", key), "basic auth needs both basic_auth_user and one of "
+                                                  "basic_auth_password, basic_auth_password_env, "
+                                                  "basic_auth_password_file")
 
     def read_toml(self) -> dict[str, object]:
         try:
@@ -555,6 +565,12 @@ def _check_listen(loader: _Loader, source: str, value: str) -> str:
     return value
 
 
+def _check_basic_auth_user(loader: _Loader, source: str, value: str) -> str:
+    if not value or ":" in value or not value.isprintable():
+        raise loader.fail(source, f"expected a non-empty user name without ':', got {_shown(value)}")
+    return value
+
+
 def _check_level(loader: _Loader, source: str, value: str) -> str:
     if value.lower() not in _LOG_LEVELS:
         raise loader.fail(source, f"unknown level {_shown(value)} (expected one of {', '.join(_LOG_LEVELS)})")
@@ -597,6 +613,7 @@ _STRING_CHECKS: dict[str, Callable[[_Loader, str, str], str]] = {
     "graph.instagram_base_url": _check_url,
     "graph.facebook_base_url": _check_url,
     "http.listen": _check_listen,
+    "http.basic_auth_user": _check_basic_auth_user,
     "webhook.listen": _check_listen,
     "webhook.path": _check_path,
     "log.level": _check_level,

@@ -57,6 +57,7 @@ from collector import (
 )
 from collector.storage import db
 from collector.storage import writer as storage_writer
+from collector.web import app as web_app
 
 log = structlog.get_logger("collector.daemon")
 
@@ -114,6 +115,7 @@ class Daemon:
         self._client: graph.GraphClient | None = None
         self._writer: storage_writer.Writer | None = None
         self._collector: collect.Collector | None = None
+        self._throttle: ratelimit.Throttle | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -144,7 +146,7 @@ class Daemon:
 
     async def _run_with(self, pool: asyncpg.Pool) -> int:
         cfg = self._config
-        throttle = ratelimit.Throttle(cfg.rate_limit, self.metrics)
+        throttle = self._throttle = ratelimit.Throttle(cfg.rate_limit, self.metrics)
         policy = retry.RetryPolicy(cfg.retry, pause_cap_s=cfg.rate_limit.pause_cap_s)
         writer = storage_writer.Writer(pool, buffer_max_rows=max(1, cfg.database.writer_buffer_max_rows),
                                        metrics=self.metrics)
@@ -524,6 +526,10 @@ class Daemon:
         main: httpserver.HttpServer | None = None
         if cfg.http.listen:
             main = httpserver.HttpServer(cfg.http.listen, metrics=self.metrics, health=_Health(self))
+            open_paths = ["/healthz"]
+            if cfg.webhook is not None and not cfg.webhook.listen:
+                open_paths.append(cfg.webhook.path)  # Meta cannot log in: the signature guards it
+            web_app.WebUI(_WebSource(self)).attach(main, open_paths=tuple(open_paths))
             servers.append(main)
         if cfg.webhook is not None:
             receiver = webhook.WebhookReceiver(cfg.webhook, accounts=lambda: self._accounts, writer=writer,
@@ -572,6 +578,42 @@ class _Health:
 
     def freshness(self) -> Mapping[str, object]:
         return self._daemon.freshness
+
+
+class _WebSource:
+    """What the web UI reads from the daemon (`collector.web.pages.Source`): all in memory, cheap."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    @property
+    def config(self) -> settings.Config:
+        return self._daemon._config
+
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        return self._daemon._pool
+
+    @property
+    def metrics(self) -> metrics.Metrics:
+        return self._daemon.metrics
+
+    def usage(self, scope: str) -> Mapping[str, float]:
+        throttle = self._daemon._throttle
+        return {} if throttle is None or scope not in ("app", "account") else throttle.usage(
+            "app" if scope == "app" else "account")
+
+    def paused(self, scope: str) -> int:
+        throttle = self._daemon._throttle
+        return 0 if throttle is None or scope not in ("app", "account") else throttle.paused_count(
+            "app" if scope == "app" else "account")
+
+    def token_expiry_days(self, account: models.Account, now: datetime) -> float | None:
+        return self._daemon._tokens.expiry_days(account, now)
+
+    def token_error(self, ig_user_id: str) -> str | None:
+        record = self._daemon._tokens.record(ig_user_id)
+        return None if record is None else record.last_error
 
 
 def _refresh_call(client: graph.GraphClient) -> tokens.RefreshCall:

@@ -201,7 +201,7 @@ class _Gate:
 class _ScopeState:
     """Limiter, pause and pacing of one app host or one account."""
 
-    __slots__ = ("fraction", "gate", "next_slot_at", "paused_until", "rate_per_s")
+    __slots__ = ("fraction", "gate", "next_slot_at", "paused_until", "rate_per_s", "usage_pct")
 
     def __init__(self, limiter: aiolimiter.AsyncLimiter | None, rate_per_s: float) -> None:
         self.gate = None if limiter is None else _Gate(limiter)
@@ -209,6 +209,7 @@ class _ScopeState:
         self.paused_until = 0.0
         self.fraction = 1.0
         self.next_slot_at = 0.0
+        self.usage_pct: float | None = None  # the last usage Meta reported for this scope
 
     def reserve(self, now: float) -> float:
         """Seconds until this caller's pacing slot (0 when the scope is not slowed)."""
@@ -314,6 +315,7 @@ class Throttle:
             if app_pct is not None:
                 state = self._apps.get(host) or self._new_app(host)
                 state.fraction = self._fraction(app_pct)
+                state.usage_pct = app_pct
         buc_value = headers.get(BUC_USAGE_HEADER)
         if buc_value is None or account_id is None:
             return None
@@ -321,6 +323,7 @@ class Throttle:
         if buc_pct is not None:
             state = self._accounts.get(account_id) or self._new_account(account_id)
             state.fraction = self._fraction(buc_pct)
+            state.usage_pct = buc_pct
         if regain_s is not None and regain_s > 0:
             self.pause("account", account_id, regain_s)
             return regain_s
@@ -352,6 +355,12 @@ class Throttle:
         states = self._apps if scope == "app" else self._accounts
         state = states.get(key)
         return 1.0 if state is None else state.fraction
+
+    def usage(self, scope: Scope) -> dict[str, float]:
+        """The last usage percent Meta reported, by key (`app`: host, `account`: account id), for the
+        scopes that reported one (the web UI's usage panel)."""
+        states = self._apps if scope == "app" else self._accounts
+        return {key: state.usage_pct for key, state in states.items() if state.usage_pct is not None}
 
     def paused_count(self, scope: Scope) -> int:
         now = self._clock()

@@ -101,7 +101,10 @@ class ScheduleSettings:
 
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
-    listen: str | None = None  # "127.0.0.1:9464" serves /healthz and /metrics
+    listen: str | None = None  # "127.0.0.1:9464" serves /healthz, /metrics and the web UI
+    # HTTP basic auth for the web UI and /metrics (not /healthz, not the webhook): both or neither.
+    basic_auth_user: str | None = None
+    basic_auth_password: models.Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)
