@@ -204,6 +204,8 @@ class Visit:
 async def browser() -> AsyncIterator[Any]:
     reason = _browser_available()
     if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser tests must run in CI: {reason}")
         pytest.skip(reason)
     from playwright.async_api import async_playwright
 

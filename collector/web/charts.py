@@ -20,6 +20,7 @@ RIGHT = 10
 TOP = 12
 BOTTOM = 24
 X_LABELS = 5
+MAX_BAR_W = 36.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,7 @@ def bars(title: str, labels: Sequence[str], series: Sequence[Series], *,
     plot_w = WIDTH - LEFT - RIGHT
     plot_h = HEIGHT - TOP - BOTTOM
     group_w = plot_w / len(labels)
-    bar_w = max(1.0, group_w * 0.8 / len(series))
+    bar_w = min(MAX_BAR_W, max(1.0, group_w * 0.8 / len(series)))
     body: list[str] = []
     for i, label in enumerate(labels):
         for k, s in enumerate(series):
@@ -110,7 +111,7 @@ def bars(title: str, labels: Sequence[str], series: Sequence[Series], *,
             if value is None:
                 continue
             h = plot_h * value / top
-            x = LEFT + i * group_w + group_w * 0.1 + k * bar_w
+            x = LEFT + (i + 0.5) * group_w - bar_w * len(series) / 2 + k * bar_w
             name = f"{label} — {s.name}: {fmt(value)}" if len(series) > 1 else f"{label}: {fmt(value)}"
             body.append(f'<rect class="bar series-{k}" x="{x:.1f}" y="{TOP + plot_h - h:.1f}" '
                         f'width="{bar_w:.1f}" height="{max(h, 0.0):.1f}">'

@@ -104,12 +104,12 @@ def _token_days(source: Source, account: models.Account | None, now: datetime) -
 
 async def overview(source: Source, calls: series.CounterSeries, now: datetime) -> dict[str, object]:
     cfg = source.config
-    pool = _pool(source)
     ids = [a.ig_user_id for a in cfg.accounts]
-    counts = await queries.status_counts(pool, ids)
-    fresh = await queries.freshness(pool, ids, late_after_s(cfg.schedule), now)
-    errors = await queries.recent_errors(pool, ids, ERRORS_SHOWN)
-    not_ok = await queries.accounts_not_ok(pool, ids, ERRORS_SHOWN)
+    async with queries.snapshot(_pool(source)) as conn:
+        counts = await queries.status_counts(conn, ids)
+        fresh = await queries.freshness(conn, ids, late_after_s(cfg.schedule), now)
+        errors = await queries.recent_errors(conn, ids, ERRORS_SHOWN)
+        not_ok = await queries.accounts_not_ok(conn, ids, ERRORS_SHOWN)
 
     calls.sample()
     points = calls.points()
@@ -142,7 +142,8 @@ async def overview(source: Source, calls: series.CounterSeries, now: datetime) -
     soonest = heapq.nsmallest(TOKENS_SHOWN, tokens)
     account_usage = source.usage("account")
     busiest = heapq.nlargest(BUSIEST_SHOWN, ((pct, i) for i, pct in account_usage.items() if i in by_id))
-    names = await queries.usernames(pool, [i for _, i in soonest] + [i for _, i in busiest])
+    async with queries.snapshot(_pool(source)) as conn:
+        names = await queries.usernames(conn, [i for _, i in soonest] + [i for _, i in busiest])
     return {
         "now": now,
         "accounts_total": len(ids),
@@ -166,7 +167,9 @@ async def accounts(source: Source, chosen: queries.AccountFilter, now: datetime)
     cfg = source.config
     pool = _pool(source)
     ids = [a.ig_user_id for a in cfg.accounts]
-    rows, matched = await queries.accounts_page(pool, ids, [a.login for a in cfg.accounts], chosen)
+    async with queries.snapshot(pool) as conn:
+        rows, matched = await queries.accounts_page(conn, ids, [a.login for a in cfg.accounts], chosen)
+        counts = await queries.status_counts(conn, ids)
     page_ids = [r["ig_user_id"] for r in rows]
     states = await status.load_job_states(pool, page_ids) if page_ids else {}
     by_id = {a.ig_user_id: a for a in cfg.accounts}
@@ -179,7 +182,6 @@ async def accounts(source: Source, chosen: queries.AccountFilter, now: datetime)
         out_rows.append({**dict(row.items()), "status_detail": text(row["status_detail"]), "jobs": cells,
                          "next_due": due, "next_job": due_job,
                          "token_days": _token_days(source, by_id.get(account_id), now)})
-    counts = await queries.status_counts(pool, ids)
     return {"now": now, "rows": out_rows, "matched": matched, "filter": chosen, "status_counts": counts,
             "total": len(ids), "sorts": list(queries.SORTS),
             "page_sizes": sorted({*PAGE_SIZES, chosen.limit}),
@@ -190,25 +192,26 @@ async def account(source: Source, ig_user_id: str, now: datetime) -> dict[str, o
     cfg = source.config
     pool = _pool(source)
     configured = next((a for a in cfg.accounts if a.ig_user_id == ig_user_id), None)
-    row = await queries.account(pool, ig_user_id)
+    states = await status.load_job_states(pool, [ig_user_id])
+    errors = {r["job"]: text(r["last_error"])
+              for r in await storage_queries.job_states(pool, [int(ig_user_id)]) if r["last_error"]}
+    async with queries.snapshot(pool) as conn:
+        row = await queries.account(conn, ig_user_id)
+        series_rows = await queries.account_series(conn, ig_user_id, now - timedelta(days=SERIES_DAYS))
+        media = await queries.recent_media(conn, ig_user_id, MEDIA_SHOWN)
+        insights = await queries.media_insights(conn, [m["media_id"] for m in media])
+        unavailable = await queries.unavailable(conn, ig_user_id)
     if row is None and configured is None:
         return None
-    states = await status.load_job_states(pool, [ig_user_id])
     late_s = late_after_s(cfg.schedule)
     jobs = []
     for job in models.Job:
         state = states.get((ig_user_id, job))
         jobs.append({"cell": job_cell(job, state, now, late_s),
                      "next_due": scheduler.next_due(ig_user_id, job, state, now, cfg.schedule)})
-    errors = {r["job"]: text(r["last_error"])
-              for r in await storage_queries.job_states(pool, [int(ig_user_id)]) if r["last_error"]}
-
-    series_rows = await queries.account_series(pool, ig_user_id, now - timedelta(days=SERIES_DAYS))
     reach = series_rows["reach"]
     followers = series_rows["follower_count"]
     views = series_rows["views"]
-    media = await queries.recent_media(pool, ig_user_id, MEDIA_SHOWN)
-    insights = await queries.media_insights(pool, [m["media_id"] for m in media])
     chronological = list(reversed(media))
     media_labels = [_media_label(m) for m in chronological]
     return {
@@ -240,7 +243,7 @@ async def account(source: Source, ig_user_id: str, now: datetime) -> dict[str, o
         "insights": insights,
         "media_metrics": queries.MEDIA_METRICS,
         "unavailable": [{**dict(r.items()), "detail": text(r["detail"])}
-                        for r in await queries.unavailable(pool, ig_user_id)],
+                        for r in unavailable],
     }
 
 
