@@ -9,7 +9,9 @@ and 30 days of reach / follower_count / views. Then it serves the real `collecto
 defaults: 50 rows a page) on an `HttpServer` on 127.0.0.1 and requests each page `--repeat` times.
 
 Printed per page: the server time (median and max, measured by a middleware around the handler, i.e. the
-queries plus the rendering), the round trip seen by the client, and the size of the HTML. The baseline,
+queries plus the rendering), the Python CPU time of the handler (the rest of the server time is PostgreSQL
+and waiting for a CPU: the load average is printed too), the round trip seen by the client, and the size
+of the HTML. The baseline,
 measured in the same run, is the static stylesheet: the cost of the server and the client themselves.
 The goal is < 200 ms of server time per page and <= 200 KB for an /accounts page.
 """
@@ -112,7 +114,8 @@ async def fill(conn: asyncpg.Connection, accounts: int, now: datetime) -> dict[s
         "media_id", "metric", "breakdown", "dimension", "value", "collected_at"])
     day_end = now.replace(hour=8, minute=0, second=0, microsecond=0)
     series = [(uid, metric, "day", day_end - timedelta(days=d), "", "", (i + d * 17) % 500, now)
-              for i, uid in enumerate(ids) for d in range(DAYS) for metric in ("reach", "follower_count", "views")]
+              for i, uid in enumerate(ids) for d in range(DAYS)
+              for metric in ("reach", "follower_count", "views")]
     await conn.copy_records_to_table("ig_account_insight", records=series, columns=[
         "ig_user_id", "metric", "period", "end_time", "breakdown", "dimension", "value", "collected_at"])
     await conn.execute("ANALYZE")
@@ -120,10 +123,11 @@ async def fill(conn: asyncpg.Connection, accounts: int, now: datetime) -> dict[s
             "ig_media_insight": len(insights), "ig_account_insight": len(series)}
 
 
-async def measure(base: str, path: str, repeat: int, server_ms: list[float],
+async def measure(base: str, path: str, repeat: int, server_ms: list[float], cpu_ms: list[float],
                   session: aiohttp.ClientSession) -> dict[str, float]:
     round_trips, sizes = [], []
     server_ms.clear()
+    cpu_ms.clear()
     for _ in range(repeat):
         start = time.perf_counter()
         async with session.get(base + path) as response:
@@ -132,6 +136,7 @@ async def measure(base: str, path: str, repeat: int, server_ms: list[float],
         round_trips.append((time.perf_counter() - start) * 1000)
         sizes.append(len(body))
     return {"server_median_ms": statistics.median(server_ms), "server_max_ms": max(server_ms),
+            "python_cpu_median_ms": statistics.median(cpu_ms),
             "round_trip_median_ms": statistics.median(round_trips), "size_kb": max(sizes) / 1024}
 
 
@@ -153,20 +158,23 @@ async def main(args: argparse.Namespace) -> int:
                   + ", ".join(f"{table} {n:,}" for table, n in counts.items()), flush=True)
         finally:
             await conn.close()
-        pool = await asyncpg.create_pool(scratch, min_size=1, max_size=settings.DatabaseSettings().pool_max_size)
+        pool = await asyncpg.create_pool(scratch, min_size=1,
+                                         max_size=settings.DatabaseSettings().pool_max_size)
         accounts = tuple(models.Account(str(BASE_ID + i), "instagram" if i % 2 else "facebook",
                                         models.Secret(f"token-{i:08d}-synthetic"), f"bench line {i}")
                          for i in range(args.accounts))
         config = settings.Config(source=Path("bench.toml"), accounts=accounts,
                                  http=settings.HttpSettings(listen="127.0.0.1:0"))
         server_ms: list[float] = []
+        cpu_ms: list[float] = []
 
         @web.middleware
-        async def timed(request: web.Request,
-                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-            start = time.perf_counter()
+        async def timed(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+            start, cpu = time.perf_counter(), time.process_time()
             response = await handler(request)
             server_ms.append((time.perf_counter() - start) * 1000)
+            cpu_ms.append((time.process_time() - cpu) * 1000)  # one request at a time: this request's
             return response
 
         server = httpserver.HttpServer("127.0.0.1:0")
@@ -186,13 +194,15 @@ async def main(args: argparse.Namespace) -> int:
             await server.start()
             base = f"http://127.0.0.1:{server.port}"
             print(f"{args.accounts:,} accounts; shipped defaults (50 rows a page); {args.repeat} requests "
-                  "a page after one warm-up")
-            print(f"{'page':40} {'server median':>14} {'server max':>11} {'round trip':>11} {'size':>9}")
+                  f"a page after one warm-up; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+            print(f"{'page':40} {'server median':>14} {'server max':>11} {'python CPU':>11} "
+                  f"{'round trip':>11} {'size':>9}")
             async with aiohttp.ClientSession() as session:
                 for label, path in pages:
-                    await measure(base, path, 1, server_ms, session)  # warm-up: templates, plans, pool
-                    m = await measure(base, path, args.repeat, server_ms, session)
+                    await measure(base, path, 1, server_ms, cpu_ms, session)  # warm-up: templates, pool
+                    m = await measure(base, path, args.repeat, server_ms, cpu_ms, session)
                     print(f"{label:40} {m['server_median_ms']:11.1f} ms {m['server_max_ms']:8.1f} ms "
+                          f"{m['python_cpu_median_ms']:8.1f} ms "
                           f"{m['round_trip_median_ms']:8.1f} ms {m['size_kb']:6.1f} KB", flush=True)
         finally:
             await server.stop()
@@ -207,7 +217,8 @@ async def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--dsn", default=None)

@@ -11,6 +11,8 @@ module (the pages are read-only).
 from __future__ import annotations
 
 import base64
+import importlib
+import importlib.util
 import os
 import re
 import shutil
@@ -172,9 +174,7 @@ async def test_no_token_or_secret_on_any_page(web: Web) -> None:
 def _browser_available() -> str | None:
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is missing (./scripts/test installs Debian's chromium when run as root)"
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "playwright (a dev dependency) is not installed"
     return None
 
@@ -207,9 +207,8 @@ async def browser() -> AsyncIterator[Any]:
         if os.environ.get("CI"):
             pytest.fail(f"the browser tests must run in CI: {reason}")
         pytest.skip(reason)
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
+    async_api = importlib.import_module("playwright.async_api")
+    async with async_api.async_playwright() as p:
         launched = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield launched
@@ -238,6 +237,10 @@ async def _screenshot(page: Any, path: Path) -> None:
 
 async def _cells(page: Any, selector: str) -> list[str]:
     return [t.strip() for t in await page.locator(selector).all_inner_texts()]
+
+
+async def _row_ids(page: Any) -> list[str | None]:
+    return [await r.get_attribute("data-id") for r in await page.locator("#accounts tbody tr").all()]
 
 
 def _n(text: str) -> int:
@@ -285,10 +288,10 @@ async def test_browser_accounts_sort_filter_page(browser: Any, web: Web, tmp_pat
     visit = await _visit(browser, web)
     await visit.open("/accounts")
     all_ids = await web.sql("SELECT c.id::text AS id FROM unnest($1::bigint[]) AS c(id) "
-                            "LEFT JOIN ig_account a ON a.ig_user_id = c.id ORDER BY lower(a.username) NULLS LAST, c.id",
+                            "LEFT JOIN ig_account a ON a.ig_user_id = c.id "
+                            "ORDER BY lower(a.username) NULLS LAST, c.id",
                             [int(a.ig_user_id) for a in web.sim.accounts()])
-    assert [await r.get_attribute("data-id") for r in await visit.page.locator("#accounts tbody tr").all()] \
-        == [r["id"] for r in all_ids]
+    assert await _row_ids(visit.page) == [r["id"] for r in all_ids]
     await _screenshot(visit.page, tmp_path / "accounts.png")
 
     # Sort by followers, descending: a click on the header, twice.
@@ -301,7 +304,8 @@ async def test_browser_accounts_sort_filter_page(browser: Any, web: Web, tmp_pat
     assert [_n(t) for t in shown if t != "—"] == [f for f in followers if f is not None]
 
     # Filter by status through the form.
-    [bad] = [r["status"] for r in await web.sql("SELECT DISTINCT status FROM ig_account WHERE status <> 'ok'")]
+    [bad] = [r["status"] for r in await web.sql(
+        "SELECT DISTINCT status FROM ig_account WHERE status <> 'ok'")]
     await visit.page.select_option("#status", bad)
     await visit.page.click("#apply")
     await visit.page.wait_for_load_state("networkidle")
@@ -321,15 +325,16 @@ async def test_browser_accounts_sort_filter_page(browser: Any, web: Web, tmp_pat
     rows = {await r.get_attribute("data-id") for r in await visit.page.locator("#accounts tbody tr").all()}
     assert some["id"] in rows
     matching = {r["id"] for r in await web.sql(
-        "SELECT ig_user_id::text AS id FROM ig_account WHERE username ILIKE $1", f"%{some['username'][1:-1]}%")}
+        "SELECT ig_user_id::text AS id FROM ig_account WHERE username ILIKE $1",
+        f"%{some['username'][1:-1]}%")}
     assert rows == matching
 
     # Paging, 3 per page, by following the "next" links to the end.
     await visit.open("/accounts?limit=3")
-    seen: list[str | None] = []
+    seen = []
     ranges = []
     while True:
-        seen += [await r.get_attribute("data-id") for r in await visit.page.locator("#accounts tbody tr").all()]
+        seen += await _row_ids(visit.page)
         ranges.append(await visit.page.inner_text("#range"))
         if await visit.page.locator("#next").count() == 0:
             break
@@ -380,7 +385,8 @@ async def test_browser_account_page_shows_the_database(browser: Any, web: Web, t
     reach = await web.sql("SELECT value FROM ig_account_insight WHERE ig_user_id = $1 AND metric = 'reach' "
                           "AND period = 'day' AND breakdown = '' AND end_time > now() - interval '90 days' "
                           "ORDER BY end_time", int(account["id"]))
-    titles = await visit.page.locator("svg.chart[aria-label='Daily reach'] circle.dot title").all_text_contents()
+    chart = visit.page.locator("svg.chart[aria-label='Daily reach']")
+    titles = await chart.locator("circle.dot title").all_text_contents()
     assert len(reach) > 0
     assert [re.sub(r"^.*: ", "", t) for t in titles] == [f"{int(r['value']):,}" for r in reach]
 
