@@ -27,7 +27,7 @@ import dataclasses
 import heapq
 import itertools
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -589,6 +589,10 @@ class _WebSource:
     @property
     def config(self) -> settings.Config:
         return self._daemon._config
+
+    @property
+    def accounts(self) -> Sequence[models.Account]:
+        return list(self._daemon._configured.values())
 
     @property
     def pool(self) -> asyncpg.Pool | None:

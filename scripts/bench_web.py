@@ -26,7 +26,7 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,6 +57,10 @@ class BenchSource:
     @property
     def config(self) -> settings.Config:
         return self._config
+
+    @property
+    def accounts(self) -> Sequence[models.Account]:
+        return self._config.accounts
 
     @property
     def pool(self) -> asyncpg.Pool | None:

@@ -153,7 +153,7 @@ class WebUI:
         assert isinstance(context, Mapping)
         values = {"now": self._clock(), "nav": "", **context}
         html = self._env.get_template(template).render(
-            **values, refresh_s=refresh_s, accounts_configured=len(self._source.config.accounts))
+            **values, refresh_s=refresh_s, accounts_configured=len(self._source.accounts))
         response = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
         response.headers.update(SECURITY_HEADERS)
         return response

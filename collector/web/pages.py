@@ -6,7 +6,7 @@ Pure data for the templates: numbers stay numbers here; formatting happens in th
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -33,6 +33,11 @@ class Source(Protocol):
 
     @property
     def config(self) -> settings.Config: ...
+
+    @property
+    def accounts(self) -> Sequence[models.Account]:
+        """Every account the daemon collects (configured, and discovered from [[tokens]]), as configured."""
+        ...
 
     @property
     def pool(self) -> asyncpg.Pool | None: ...
@@ -104,7 +109,7 @@ def _token_days(source: Source, account: models.Account | None, now: datetime) -
 
 async def overview(source: Source, calls: series.CounterSeries, now: datetime) -> dict[str, object]:
     cfg = source.config
-    ids = [a.ig_user_id for a in cfg.accounts]
+    ids = [a.ig_user_id for a in source.accounts]
     async with queries.snapshot(_pool(source)) as conn:
         counts = await queries.status_counts(conn, ids)
         fresh = await queries.freshness(conn, ids, late_after_s(cfg.schedule), now)
@@ -128,10 +133,10 @@ async def overview(source: Source, calls: series.CounterSeries, now: datetime) -
         "minutes": len(points),
     }
 
-    by_id = {a.ig_user_id: a for a in cfg.accounts}
+    by_id = {a.ig_user_id: a for a in source.accounts}
     tokens: list[tuple[float, str]] = []
     unknown_tokens = 0
-    for account in cfg.accounts:
+    for account in source.accounts:
         if account.login != "instagram":
             continue
         days = source.token_expiry_days(account, now)
@@ -166,13 +171,13 @@ async def overview(source: Source, calls: series.CounterSeries, now: datetime) -
 async def accounts(source: Source, chosen: queries.AccountFilter, now: datetime) -> dict[str, object]:
     cfg = source.config
     pool = _pool(source)
-    ids = [a.ig_user_id for a in cfg.accounts]
+    ids = [a.ig_user_id for a in source.accounts]
     async with queries.snapshot(pool) as conn:
-        rows, matched = await queries.accounts_page(conn, ids, [a.login for a in cfg.accounts], chosen)
+        rows, matched = await queries.accounts_page(conn, ids, [a.login for a in source.accounts], chosen)
         counts = await queries.status_counts(conn, ids)
     page_ids = [r["ig_user_id"] for r in rows]
     states = await status.load_job_states(pool, page_ids) if page_ids else {}
-    by_id = {a.ig_user_id: a for a in cfg.accounts}
+    by_id = {a.ig_user_id: a for a in source.accounts}
     late_s = late_after_s(cfg.schedule)
     out_rows = []
     for row in rows:
@@ -191,7 +196,7 @@ async def accounts(source: Source, chosen: queries.AccountFilter, now: datetime)
 async def account(source: Source, ig_user_id: str, now: datetime) -> dict[str, object] | None:
     cfg = source.config
     pool = _pool(source)
-    configured = next((a for a in cfg.accounts if a.ig_user_id == ig_user_id), None)
+    configured = next((a for a in source.accounts if a.ig_user_id == ig_user_id), None)
     states = await status.load_job_states(pool, [ig_user_id])
     errors = {r["job"]: text(r["last_error"])
               for r in await storage_queries.job_states(pool, [int(ig_user_id)]) if r["last_error"]}
