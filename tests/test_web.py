@@ -36,6 +36,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 USER = "operator"
 PASSWORD = f"web-{uuid.uuid4().hex}"
 PASSWORD_ENV = "IGC_TEST_WEB_PASSWORD"
+VERIFY_TOKEN = f"verify-{uuid.uuid4().hex}"
+WEBHOOK_SECRET = f"hooksecret-{uuid.uuid4().hex}"
 JOBS = ("profile", "media", "stories", "account_insights", "demographics")
 DAY_S = 86400.0
 # Where to copy the screenshots as well (the README's docs/img/overview.png is made this way).
@@ -98,6 +100,8 @@ async def web(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Web]:
         "log": {"level": "info", "json": True},
         "http": {"listen": f"127.0.0.1:{port}", "basic_auth_user": USER,
                  "basic_auth_password_env": PASSWORD_ENV},
+        # Served by the same server: its path stays open (Meta cannot log in); its secrets never show.
+        "webhook": {"verify_token": VERIFY_TOKEN, "app_secret": WEBHOOK_SECRET},
     })
     setup = test_daemon.Setup(directory, dsn, sim, http_port=port)
     daemon = test_daemon.DaemonProcess(setup)
@@ -129,6 +133,8 @@ async def test_basic_auth_guards_pages_and_metrics_not_healthz(web: Web) -> None
         assert (await web.get(path, headers={"Authorization": "Basic !!notbase64"}))[0] == 401
         assert (await web.get(path))[0] == 200, path
     assert (await web.get("/healthz", headers={}))[0] == 200
+    challenge = f"/webhooks/instagram?hub.mode=subscribe&hub.verify_token={VERIFY_TOKEN}&hub.challenge=42"
+    assert (await web.get(challenge, headers={}))[:2] == (200, "42")
 
 
 async def test_pages_carry_a_strict_csp_and_no_script(web: Web) -> None:
@@ -153,8 +159,23 @@ async def test_bad_requests_and_unknown_accounts(web: Web) -> None:
     assert (await web.get("/static/../config.toml"))[0] == 404
 
 
+async def test_sorting_by_job_state_matches_sql(web: Web) -> None:
+    ids = [int(a.ig_user_id) for a in web.sim.accounts()]
+    for sort, expression in (("oldest_success", "min(s.last_success_at)"),
+                             ("failures", "coalesce(max(s.consecutive_failures), 0)")):
+        for desc in (False, True):
+            direction = "DESC" if desc else "ASC"
+            expected = [r["id"] for r in await web.sql(
+                f"SELECT c.id::text AS id FROM unnest($1::bigint[]) AS c(id) "
+                f"LEFT JOIN collector_job_state s ON s.ig_user_id = c.id GROUP BY c.id "
+                f"ORDER BY {expression} {direction} NULLS LAST, c.id {direction}", ids)]
+            status, html, _ = await web.get(f"/accounts?sort={sort}" + ("&desc=1" if desc else ""))
+            assert status == 200
+            assert re.findall(r'<tr data-id="(\d+)"', html) == expected, (sort, desc)
+
+
 async def test_no_token_or_secret_on_any_page(web: Web) -> None:
-    secrets = [a.access_token for a in web.sim.accounts()] + [PASSWORD]
+    secrets = [a.access_token for a in web.sim.accounts()] + [PASSWORD, VERIFY_TOKEN, WEBHOOK_SECRET]
     store = orjson.loads((web.dir / "state" / "tokens.json").read_bytes())
     refreshed = [r["access_token"] for r in store["accounts"].values() if r.get("access_token")]
     assert refreshed, "the daemon refreshed Instagram tokens (their expiry is on the overview)"
