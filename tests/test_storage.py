@@ -21,7 +21,7 @@ EXPECTED_TABLES = {
 
 
 # Every migration the code ships, in order: a test that applies them from empty must see all of them.
-ALL_MIGRATIONS = ["001_init", "002_unavailable_current", "005_discovered_accounts"]
+ALL_MIGRATIONS = ["001_init", "002_unavailable_current", "005_discovered_accounts", "006_web_indexes"]
 
 
 async def tables(conn: asyncpg.Connection) -> set[str]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import importlib.resources
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import jinja2
 import structlog
@@ -24,6 +25,7 @@ from collector.web import auth, charts, pages, queries, series
 
 log = structlog.get_logger(__name__)
 
+_T = TypeVar("_T")
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; "
        "frame-ancestors 'none'")
 SECURITY_HEADERS = {
@@ -140,17 +142,16 @@ class WebUI:
             return self._render("missing.html", {"ig_user_id": ig_user_id}, status=404)
         return self._render("account.html", context)
 
-    async def _read(self, pending: object) -> object:
+    async def _read(self, pending: Awaitable[_T]) -> _T:
         """Await a page's data; a database that cannot answer is a 503 page, not a traceback."""
         try:
-            return await pending  # type: ignore[misc]
+            return await pending
         except exceptions.StorageError as exc:
             log.warning("web_database_error", error=str(exc))
             raise web.HTTPServiceUnavailable(text="the database is not answering; retry shortly\n") from exc
 
-    def _render(self, template: str, context: object, *, status: int = 200,
+    def _render(self, template: str, context: Mapping[str, object], *, status: int = 200,
                 refresh_s: int | None = None) -> web.Response:
-        assert isinstance(context, Mapping)
         values = {"now": self._clock(), "nav": "", **context}
         html = self._env.get_template(template).render(
             **values, refresh_s=refresh_s, accounts_configured=len(self._source.accounts))

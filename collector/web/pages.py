@@ -124,9 +124,10 @@ async def overview(source: Source, calls: series.CounterSeries, now: datetime) -
     throttles = charts.bars("Throttling answers per minute", labels,
                             [charts.Series("throttles", [p.increases[1] for p in points])])
     last_hour = [p for p in points if p.start_s >= now.timestamp() - 3600]
+    calls_total, throttles_total = counter_totals(source.metrics)
     traffic = {
-        "calls_total": counter_totals(source.metrics)[0],
-        "throttles_total": counter_totals(source.metrics)[1],
+        "calls_total": calls_total,
+        "throttles_total": throttles_total,
         "calls_last_hour": sum(p.increases[0] for p in last_hour),
         "throttles_last_hour": sum(p.increases[1] for p in last_hour),
         "calls_per_s_now": points[-1].rate(0) if points else 0.0,
