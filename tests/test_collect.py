@@ -79,18 +79,32 @@ async def test_second_pass_is_idempotent(tmp_path: Path, twenty: fixtures_sim.Ru
 
 async def test_changed_values_append_history(tmp_path: Path, start_simulator: fixtures_sim.StartSimulator,
                                              db_dsn: str, pool: asyncpg.Pool) -> None:
+    """Each history row of the second pass is a series that changed, or a series first seen then: a
+    breakdown dimension Meta omitted while it was 0 (e.g. a story's SWIPE_FORWARD growing from 0 to 1) is
+    stored, and gets its first history row, only once it is non-zero. Never a row without a change, never
+    two rows for one series in one pass."""
     sim = await start_simulator(accounts=3, media_per_account=5, seed=3, world_knobs={
         "invalid_token_fraction": 0.0})
     await run_pass(tmp_path, sim, db_dsn, pool)
     before = await pool.fetchval("SELECT count(*) FROM ig_media_insight_history")
+    between = await pool.fetchval("SELECT clock_timestamp()")
     sim.world.advance()
     await run_pass(tmp_path, sim, db_dsn, pool)
     after = await pool.fetchval("SELECT count(*) FROM ig_media_insight_history")
-    changed = await pool.fetchval(
-        "SELECT count(*) FROM (SELECT media_id, metric, breakdown, dimension FROM ig_media_insight_history "
-        "GROUP BY 1, 2, 3, 4 HAVING count(*) > 1) AS grown")
+    rows = await pool.fetch(
+        "SELECT value, lag(value) OVER s AS previous, row_number() OVER s AS n, collected_at > $1 AS second "
+        "FROM ig_media_insight_history "
+        "WINDOW s AS (PARTITION BY media_id, metric, breakdown, dimension ORDER BY collected_at)", between)
+    added = [r for r in rows if r["second"]]
+    changed = [r for r in added if r["previous"] is not None]
+    first_seen = [r for r in added if r["previous"] is None]
     assert after > before
-    assert changed == after - before
+    assert len(added) == after - before
+    assert changed, "advancing the world must change values"
+    # No row without a change:
+    assert all(r["value"] != r["previous"] for r in rows if r["previous"] is not None)
+    assert all(r["n"] <= 2 for r in rows)  # no value changed twice in one pass
+    assert all(r["value"] > 0 for r in first_seen)  # a dimension is stored once it is non-zero
     curve = await pool.fetch(
         "SELECT h.value FROM ig_media_insight_history h JOIN ig_media_insight i USING "
         "(media_id, metric, breakdown, dimension) WHERE i.metric = 'reach' "
