@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import urllib.parse
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -293,6 +295,7 @@ async def test_bad_data_is_fatal_storage_error(pool: asyncpg.Pool) -> None:
         await w.add(models.Table.ACCOUNT, [models.AccountRow(2, "b", "facebook", None, None, "ok", None, T0)])
     with pytest.raises(exceptions.StorageError):
         await w.close()
+    assert w.buffered_rows == 1  # rejected, but kept: the writer stops without dropping what was fetched
 
 
 async def test_close_flushes_even_when_cancelled(pool: asyncpg.Pool) -> None:
@@ -351,6 +354,12 @@ async def test_outage_keeps_rows_and_delivers_each_once() -> None:
         await asyncio.to_thread(server.close)
 
 
+def _chained(error: BaseException, context: BaseException) -> BaseException:
+    """`error` as raised while `context` was being handled (a transaction's exit after a failed COPY)."""
+    error.__context__ = context
+    return error
+
+
 @pytest.mark.parametrize(("error", "transient"), [
     (asyncpg.InterfaceError(
         "cannot call Transaction.__aexit__(): the underlying connection is closed"), True),
@@ -360,10 +369,96 @@ async def test_outage_keeps_rows_and_delivers_each_once() -> None:
         "connection was closed in the middle of operation"), True),
     (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"), True),
     (asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"), True),
+    (asyncpg.InterfaceError("cannot perform operation: another operation is in progress"), True),
+    (_chained(asyncpg.InterfaceError("the server expects 3 arguments for this query, 2 were passed"),
+              asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle")), True),
+    (writer.ConnectionLost("connection lost mid-write: ProtocolError: unexpected message"), True),
     (asyncpg.InterfaceError("the server expects 3 arguments for this query, 2 were passed"), False),
     (asyncpg.exceptions.UndefinedColumnError('column "x" does not exist'), False),
+    (asyncpg.exceptions.NotNullViolationError('null value in column "metric"'), False),
+    (_chained(asyncpg.exceptions.UniqueViolationError("duplicate key"),
+              asyncpg.exceptions.CardinalityViolationError("ON CONFLICT DO UPDATE command cannot affect row "
+                                                           "a second time")), False),
 ])
 def test_outage_errors_are_retried_and_bad_data_is_not(error: BaseException, transient: bool) -> None:
     # Seen in a PostgreSQL restart under backpressure: asyncpg reports a connection the outage dropped as an
     # InterfaceError; taken as fatal it failed the writer and lost its buffer.
     assert writer._transient(error) is transient
+
+
+class CuttingProxy:
+    """A TCP proxy to PostgreSQL that aborts the first `cuts` connections once they have sent `after_bytes`
+    bytes towards the server: a connection dying in the middle of a COPY, at a point chosen by count."""
+
+    def __init__(self, dsn: str, *, after_bytes: int, cuts: int) -> None:
+        parts = urllib.parse.urlsplit(dsn)
+        query = urllib.parse.parse_qs(parts.query)
+        self._socket_dir = query.get("host", [None])[0]
+        self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 5432
+        self._dsn = parts
+        self.after_bytes = after_bytes
+        self.cuts_left = cuts
+        self.cut = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        user = self._dsn.username or "postgres"
+        password = f":{self._dsn.password}" if self._dsn.password else ""
+        return f"postgresql://{user}{password}@127.0.0.1:{port}{self._dsn.path}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._socket_dir:
+            server_r, server_w = await asyncio.open_unix_connection(
+                f"{self._socket_dir}/.s.PGSQL.{self._port}")
+        else:
+            server_r, server_w = await asyncio.open_connection(self._host, self._port)
+        doomed = self.cuts_left > 0
+        self.cuts_left -= doomed
+
+        async def upstream() -> None:
+            sent = 0
+            while data := await client_r.read(65536):
+                sent += len(data)
+                if doomed and sent > self.after_bytes:
+                    self.cut += 1
+                    client_w.transport.abort()
+                    server_w.transport.abort()
+                    return
+                server_w.write(data)
+                await server_w.drain()
+            server_w.close()
+
+        async def downstream() -> None:
+            while data := await server_r.read(65536):
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+
+        with contextlib.suppress(OSError, ConnectionError):
+            await asyncio.gather(upstream(), downstream())
+        client_w.transport.abort()
+        server_w.transport.abort()
+
+
+async def test_connections_cut_mid_copy_are_retried_on_fresh_connections(db_dsn: str) -> None:
+    """Two connections die in the middle of a COPY (each after 1 MB sent); the batch goes through on fresh
+    ones, every row stored once, and the writer never fails."""
+    m = metrics.Metrics()
+    rows = insight_rows(range(1, 25_001), T0)  # 100,000 rows: several MB of COPY data
+    async with CuttingProxy(db_dsn, after_bytes=1_000_000, cuts=2) as proxied:
+        pool = await asyncpg.create_pool(proxied, min_size=0, max_size=4)
+        try:
+            async with writer.Writer(pool, metrics=m) as w:
+                await w.add(models.Table.MEDIA_INSIGHT, rows)
+                await asyncio.wait_for(w.flush(), timeout=60)
+            assert await count(pool, "ig_media_insight") == 100_000
+            assert await count(pool, "ig_media_insight_history") == 100_000
+        finally:
+            await asyncio.wait_for(pool.close(), timeout=10)
+    assert m.total(m.writer_errors) >= 1

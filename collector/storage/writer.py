@@ -15,8 +15,11 @@ insights_refreshed_at before the insights they vouch for.
 
 While the database is unreachable the batch is retried with capped exponential backoff for as long as the
 process lives; the buffer keeps growing until `buffer_max_rows`, then `add` blocks (backpressure, so the
-fetchers slow down instead of memory growing). Any other database error (a bug: bad data, schema drift) is
-fatal: the writer stops and every later call raises StorageError.
+fetchers slow down instead of memory growing). "Unreachable" includes every way a connection can die
+mid-COPY or mid-transaction, whatever asyncpg raises about it (see `_transient`): the attempt is retried
+on a fresh connection. Only a rejection of the data by PostgreSQL on a live connection (a bug: bad data,
+schema drift) is fatal: the writer stops, keeps the rejected batch in its buffer (`buffered_rows`), and
+every later call raises StorageError.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ _MICROSECOND = timedelta(microseconds=1)
 _RETRY_BASE_DELAY_S = 0.1
 _RETRY_MAX_DELAY_S = 5.0
 
+
+class ConnectionLost(Exception):
+    """The connection an attempt ran on was closed under it, whatever asyncpg raised about it."""
+
+
 # Errors that mean "the database is not reachable right now", never "this batch is wrong".
 _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, unix socket gone
@@ -64,27 +72,52 @@ _TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.PostgresSystemError,  # SQLSTATE class 58: I/O errors outside PostgreSQL
+    asyncpg.InternalClientError,  # the protocol left mid-operation by a dropped connection
+    ConnectionLost,
 )
 
 # Everything a write can raise from the database side: transient ones are retried, the rest are fatal.
 _DATABASE_ERRORS: tuple[type[BaseException], ...] = (
-    *_TRANSIENT_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    *_TRANSIENT_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+# What asyncpg says when a statement, a COPY or a transaction's exit meets a connection that an outage
+# already dropped (or left mid-operation): the connection is gone, the data was not judged.
+_CONNECTION_STATE_MESSAGES = (
+    "connection is closed",
+    "released back to the pool",
+    "another operation is in progress",
+    "another operation is cancelling",
+)
 
 
 def _transient(exc: BaseException) -> bool:
-    """A failure that another attempt can get past: the database or the connection went away. asyncpg says
-    "the connection is closed" (or "released back to the pool") as an InterfaceError when a statement or a
-    transaction's exit meets a connection the outage already dropped."""
+    """A failure that another attempt on a fresh connection can get past: the database or the connection
+    went away, whatever the exception says on the surface. Only a rejection of the data by PostgreSQL (an
+    ERROR with a SQLSTATE outside the connection, resource and operator classes) or a client-side bug on a
+    live connection is not.
+
+    The chain counts: a connection cut mid-COPY makes the transaction's ROLLBACK fail with an InterfaceError
+    ("another operation is in progress") or an InternalClientError ("cannot switch to state …"), raised
+    while the real cause (ConnectionDoesNotExistError, AdminShutdownError) is being handled."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _connection_failure(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _connection_failure(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSIENT_ERRORS):
         return True
-    if isinstance(exc, asyncpg.InternalClientError):
-        # The protocol left mid-operation by a dropped connection (e.g. a COPY cut off, then the
-        # transaction's ROLLBACK: "cannot switch to state …; another operation … is in progress"). The
-        # connection is terminated and the next attempt takes a fresh one.
-        return True
     message = str(exc)
-    return isinstance(exc, asyncpg.InterfaceError) and (
-        "connection is closed" in message or "released back to the pool" in message)
+    return isinstance(exc, asyncpg.InterfaceError) and any(m in message for m in _CONNECTION_STATE_MESSAGES)
+
 
 _log = structlog.get_logger(__name__)
 
@@ -250,11 +283,11 @@ class Writer:
                     await self._commit(self._take_batch())
         except exceptions.StorageError as exc:
             self._failure = exc
-            _log.error("writer_failed", error=str(exc), rows_lost=self.buffered_rows)
+            _log.error("writer_failed", error=str(exc), rows_unwritten=self.buffered_rows)
         except Exception as exc:  # a bug; still never leave producers blocked forever
             self._failure = exceptions.StorageError(f"writer crashed: {exc!r}")
             self._failure.__cause__ = exc
-            _log.exception("writer_failed", rows_lost=self.buffered_rows)
+            _log.exception("writer_failed", rows_unwritten=self.buffered_rows)
         finally:
             async with self._changed:
                 self._changed.notify_all()
@@ -305,6 +338,7 @@ class Writer:
                 break
             except _DATABASE_ERRORS as exc:
                 if not _transient(exc):
+                    self._keep(batch)
                     raise exceptions.StorageError(f"writer batch rejected by the database: {exc}") from exc
                 attempt += 1
                 delay_s = min(_RETRY_MAX_DELAY_S, _RETRY_BASE_DELAY_S * 2 ** min(attempt, 10))
@@ -322,6 +356,15 @@ class Writer:
             self._metrics.writer_buffered_rows.set(self._added - self._committed)
         async with self._changed:
             self._changed.notify_all()
+
+    def _keep(self, batch: _Batch) -> None:
+        """Put a batch the database rejected back at the front of the buffer: the writer stops, but what was
+        fetched is not dropped (`buffered_rows` still counts it, and the log says how much is unwritten)."""
+        for table in reversed(models.Table):
+            rows = batch.tables.get(table)
+            if rows:
+                self._pending.appendleft((table, rows))
+        self._pending_rows += batch.rows
 
     def _plan(self, batch: _Batch) -> list[list[dict[models.Table, list[Row]]]]:
         """The transactions of one batch, in phases: the parts of a phase run concurrently on their own
@@ -372,14 +415,26 @@ class Writer:
                         rows = tables.get(table)
                         if rows:
                             await _write_table(conn, table, rows)
-            except Exception:
+            except Exception as exc:
                 # After an aborted transaction the staging tables may hold dead rows, which would break
                 # the ctid = arrival order the dedupe relies on: start the next attempt on a fresh session.
                 # A connection the outage already closed (or the pool took back) cannot be terminated; that
                 # must not replace the error that says what happened.
+                lost = _is_closed(conn)
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
+                if lost and not _transient(exc):
+                    # Whatever asyncpg raised, the connection died under the attempt: PostgreSQL did not
+                    # judge the data (a rejection is an ERROR on a live connection).
+                    raise ConnectionLost(f"connection lost mid-write: {type(exc).__name__}: {exc}") from exc
                 raise
+
+
+def _is_closed(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # already released back to the pool
+        return True
 
 
 async def _write_table(conn: asyncpg.pool.PoolConnectionProxy, table: models.Table, rows: list[Row]) -> None:
