@@ -150,7 +150,8 @@ class Daemon:
         policy = retry.RetryPolicy(cfg.retry, pause_cap_s=cfg.rate_limit.pause_cap_s)
         writer = storage_writer.Writer(pool, buffer_max_rows=max(1, cfg.database.writer_buffer_max_rows),
                                        metrics=self.metrics)
-        async with graph.GraphClient(cfg.graph, throttle, policy, self.metrics) as client:
+        # The stop event abandons calls waiting on a pause, a backoff or a limiter (graph module docstring).
+        async with graph.GraphClient(cfg.graph, throttle, policy, self.metrics, stop=self._stop) as client:
             writer.start()
             try:
                 self._client, self._writer = client, writer
@@ -462,9 +463,12 @@ class Daemon:
         while True:
             client = self._client
             if client is not None:
-                changed = await tokens.refresh_round(
-                    self._tokens, list(self._configured.values()), self._clock(),
-                    schedule=self._config.schedule, call=_refresh_call(client), counters=self.metrics)
+                try:
+                    changed = await tokens.refresh_round(
+                        self._tokens, list(self._configured.values()), self._clock(),
+                        schedule=self._config.schedule, call=_refresh_call(client), counters=self.metrics)
+                except exceptions.ShutdownRequested:
+                    return  # stopping: the refresh is due again after the restart
                 for ig_user_id, account in changed.items():
                     if ig_user_id in self._accounts:
                         self._accounts[ig_user_id] = account

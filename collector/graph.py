@@ -9,6 +9,12 @@ a redacted copy before it is chained.
 Call path: `Throttle.acquire` (pauses, pacing, limiters) -> semaphore (tasks in flight <= connector limit,
 limits.md) -> HTTP -> usage headers -> decode or classify -> retry policy.
 
+Stopping: with a `stop` event, every wait of a call that is not on the wire (the throttle's pauses, pacing
+and limiters, the connection semaphore, a retry backoff) is raced against it. Once `stop` is set, those
+waits are abandoned at once and the call raises `exceptions.ShutdownRequested`, as does any call (or retry)
+that would start; only requests already on the wire run to their answer (the caller bounds them with
+`shutdown_grace_s`).
+
 Each request's URL is built here once, already percent-encoded, as a `yarl.URL.build(..., encoded=True)`
 from parts cached per host: handing aiohttp a base URL plus a `params` dict made yarl parse and re-quote
 every URL, ~30 µs a call (docs/benchmarks.md). The built URL holds the token; it is never logged, and error
@@ -95,7 +101,7 @@ class GraphClient:
 
     def __init__(self, settings: settings.GraphSettings, throttle: ratelimit.Throttle,
                  retry: retry.RetryPolicy, metrics: metrics.Metrics, *,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random, stop: asyncio.Event | None = None) -> None:
         self._settings = settings
         self._throttle = throttle
         self._retry = retry
@@ -109,6 +115,10 @@ class GraphClient:
         self._ok_calls: dict[str, Any] = {}  # endpoint -> graph_calls child for 200 (hot path)
         self._targets: dict[tuple[str, bool], _Target] = {}  # (base URL, versioned) -> parsed parts
         self._latency = metrics.graph_request_seconds.observe  # bound once: called per request
+        self._stop = stop
+        self._waiting: set[asyncio.Task[Any]] = set()  # calls in a wait that a stop abandons
+        self._abandoned: set[asyncio.Task[Any]] = set()  # calls cancelled by the stop (not by anyone else)
+        self._stop_watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -124,9 +134,14 @@ class GraphClient:
         )
         # Never more tasks in flight than connections: beyond it, aiohttp's connection queue is unfair.
         self._in_flight = asyncio.Semaphore(limit)
+        if self._stop is not None:
+            self._stop_watch = asyncio.create_task(self._abandon_waits(self._stop), name="graph-stop-watch")
         self._state = _State.OPENED
 
     async def close(self) -> None:
+        if self._stop_watch is not None:
+            self._stop_watch.cancel()
+            self._stop_watch = None
         if self._state is _State.OPENED and self._session is not None:
             await self._session.close()
         self._state = _State.CLOSED
@@ -229,12 +244,12 @@ class GraphClient:
 
     # -- the call loop ---------------------------------------------------------------------------------------
 
-    async def _call(self, *, login: models.Login, token: models.Secret | None, account_id: str | None,
-                    path: str, params: Mapping[str, str] | None, endpoint: str,
+    async def _call(self, *, login: models.Login, token: models.Secret | None,  # noqa: PLR0915
+                    account_id: str | None, path: str, params: Mapping[str, str] | None, endpoint: str,
                     versioned: bool) -> dict[str, Any]:
-        """Throttle, send, classify, retry. The HTTP exchange is inline rather than a coroutine of its own:
-        one coroutine frame less per call and per resume (docs/benchmarks.md, Fix 3); the rarer outcomes
-        are plain methods."""
+        """Throttle, send, classify, retry. The HTTP exchange and the stop-abandonable wait before it are
+        inline rather than coroutines of their own: one coroutine frame less per call and per resume
+        (docs/benchmarks.md, Fix 3), hence the statement count; the rarer outcomes are plain methods."""
         if self._state is not _State.OPENED:
             raise RuntimeError(f"GraphClient is {self._state.value}; use it inside `async with`")
         session, in_flight = self._session, self._in_flight
@@ -243,12 +258,26 @@ class GraphClient:
         query: Mapping[str, str] = params or {}  # the token is added to the URL only (a caller's is replaced)
         where, url = self._request(host, versioned, path, query, token)
         transient_failures = throttle_failures = 0
+        stop, waiting = self._stop, self._waiting
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             if self._state is not _State.OPENED:  # closed while this call waited to (re)try
                 raise RuntimeError(f"GraphClient is {self._state.value}; the call was abandoned")
-            await self._throttle.acquire(host, account_id)
+            if stop is not None and stop.is_set():  # stopping: no call (or retry) leaves any more
+                raise exceptions.ShutdownRequested()
+            # Everything before the request goes on the wire is a wait that a stop abandons.
+            waiting.add(task)
+            try:
+                await self._throttle.acquire(host, account_id)
+                await in_flight.acquire()
+            except asyncio.CancelledError:
+                self._raise_if_abandoned(task)
+                raise
+            finally:
+                waiting.discard(task)
             error: exceptions.GraphError | None = None
-            async with in_flight:
+            try:
                 started = time.perf_counter()
                 try:
                     async with session.get(url) as response:
@@ -259,6 +288,8 @@ class GraphClient:
                     error = self._transport_failure(where, endpoint, exc)
                 finally:
                     self._latency(time.perf_counter() - started)
+            finally:
+                in_flight.release()
             if error is None:
                 regain_s = self._throttle.observe(host, account_id, headers)
                 if versioned:
@@ -331,7 +362,7 @@ class GraphClient:
                          wait_s=round(wait_s, 3), attempt=attempt, endpoint=endpoint,
                          regain_s=error.regain_s, path=path, params=_loggable(query))
             if key is None:
-                await asyncio.sleep(wait_s)
+                await self._sleep(wait_s)
             return
         if wait_s is None:
             raise error
@@ -340,7 +371,43 @@ class GraphClient:
         _log.info("graph_retry", account=account_id, scope="call", code=error.code,
                   http_status=error.http_status, wait_s=round(wait_s, 3), attempt=attempt,
                   endpoint=endpoint, error=error.describe(), path=path, params=_loggable(query))
-        await asyncio.sleep(wait_s)
+        await self._sleep(wait_s)
+
+    # -- stopping --------------------------------------------------------------------------------------------
+
+    async def _sleep(self, seconds: float) -> None:
+        """A backoff sleep that a stop abandons (raising ShutdownRequested)."""
+        if self._stop is not None and self._stop.is_set():
+            raise exceptions.ShutdownRequested()
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self._raise_if_abandoned(task)
+            raise
+        finally:
+            self._waiting.discard(task)
+
+    async def _abandon_waits(self, stop: asyncio.Event) -> None:
+        """Once `stop` is set, cancel every call that is waiting (not on the wire); each raises
+        ShutdownRequested from its wait (`_raise_if_abandoned`)."""
+        await stop.wait()
+        waiting = list(self._waiting)
+        if waiting:
+            _log.info("graph_waits_abandoned", calls=len(waiting))
+        for task in waiting:
+            self._abandoned.add(task)
+            task.cancel()
+
+    def _raise_if_abandoned(self, task: asyncio.Task[Any]) -> None:
+        """In a wait's CancelledError handler: ShutdownRequested when the stop cancelled `task`, and nobody
+        else did too (then the CancelledError goes on)."""
+        if task in self._abandoned:
+            self._abandoned.discard(task)
+            if task.uncancel() == 0:
+                raise exceptions.ShutdownRequested() from None
 
     def _transport_failure(self, where: str, endpoint: str, exc: BaseException) -> exceptions.GraphError:
         """No HTTP answer (connection, timeout): a token-free GraphTransportError, its cause scrubbed."""
@@ -393,11 +460,13 @@ class GraphClient:
                          served=served)
 
 
-def client_for(config: settings.Config, counters: metrics.Metrics) -> GraphClient:
-    """The Graph client of a config: its throttle and retry policy from [rate_limit] and [retry]."""
+def client_for(config: settings.Config, counters: metrics.Metrics, *,
+               stop: asyncio.Event | None = None) -> GraphClient:
+    """The Graph client of a config: its throttle and retry policy from [rate_limit] and [retry]; `stop`
+    abandons its waits (see the module docstring)."""
     throttle = ratelimit.Throttle(config.rate_limit, counters)
     policy = retry.RetryPolicy(config.retry, pause_cap_s=config.rate_limit.pause_cap_s)
-    return GraphClient(config.graph, throttle, policy, counters)
+    return GraphClient(config.graph, throttle, policy, counters, stop=stop)
 
 
 _UNREADABLE = object()  # a 2xx body that is not JSON (stands in for the decoded value)

@@ -102,7 +102,8 @@ def scoped(absent: Absences, scope: str, metric: str, reason: str, detail: str |
 
 async def bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:
     """Run `work` for every item, at most `limit` at once; the first error cancels the rest and is raised
-    as itself (not an ExceptionGroup).
+    as itself (not an ExceptionGroup). ShutdownRequested is the exception: it stops taking items, lets the
+    other workers' current items finish, and is raised once they have.
 
     `limit` workers take the items in turn, rather than a task per item behind a semaphore: a task and a
     semaphore round per media or day cost ~10 % of the collector's CPU (docs/benchmarks.md).
@@ -114,15 +115,24 @@ async def bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limi
             await work(item)
         return
     pending = iter(queue)
+    stopped: list[exceptions.ShutdownRequested] = []
 
     async def worker() -> None:
         for item in pending:
-            await work(item)
+            try:
+                await work(item)
+            except exceptions.ShutdownRequested as exc:
+                # A stop ends this worker only: a sibling's request already on the wire gets its answer
+                # (and stores it) instead of being cancelled with the group.
+                stopped.append(exc)
+                return
 
     try:
         async with asyncio.TaskGroup() as group:
             for _ in range(count):
                 group.create_task(worker())
+        if stopped:
+            raise stopped[0]
     except BaseExceptionGroup as errors:
         first = errors.exceptions[0]
         for error in errors.exceptions:  # an account-level Graph error outranks whatever else failed

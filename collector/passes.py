@@ -103,7 +103,7 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
             retries=int(metrics.total(metrics.graph_retries)),
             elapsed_s=time.monotonic() - started)
 
-    async with graph.client_for(config, metrics) as client, \
+    async with graph.client_for(config, metrics, stop=stop) as client, \
             storage_writer.Writer(pool, metrics=metrics) as writer:
         config = await _with_discovered(config, client, pool, now=now, counters=metrics, summary=summary)
         accounts = iter(config.accounts)

@@ -93,7 +93,7 @@ class ScheduleSettings:
     )
     jitter_fraction: float = 0.1  # spread of due times, so 10,000 accounts never fire in one second
     tick_s: float = 1.0
-    shutdown_grace_s: float = 20.0
+    shutdown_grace_s: float = 10.0
     token_refresh_after_days: float = 7.0  # Instagram Login tokens older than this are refreshed
     # A failed job is retried after this, doubling per failure in a row, capped at its interval and 1 h.
     job_retry_base_s: float = 60.0
