@@ -269,10 +269,15 @@ class Collector:
             for metric in wanted:
                 if metric not in got and not absent.has(metric):
                     record(metric, models.UnavailableReason.NO_DATA, "no value in Meta's answer")
-            if self._collect.media_breakdowns:
-                rows.extend(await self._media_breakdowns(run, media, plan, got=got, absent=absent))
-            if rows:
-                await self._writer.add(models.Table.MEDIA_INSIGHT, rows)
+            try:
+                if self._collect.media_breakdowns:
+                    rows.extend(await self._media_breakdowns(run, media, plan, got=got, absent=absent))
+            finally:  # a stop (or a failure) during the breakdowns keeps what was fetched before them
+                if rows:
+                    await self._writer.add(models.Table.MEDIA_INSIGHT, rows)
+                if absent.rows:
+                    await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
+            return True
         if absent.rows:
             await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
         return True
@@ -337,21 +342,23 @@ class Collector:
         absent = jobs.Absences("account", run.user_id, run.now, self._metrics)
 
         series = [m for m in self._catalogue.account_time_series()] + sorted(self._series_only)
-        for metric in series:
-            await self._account_series(run, metric, days, absent=absent, followers=followers)
-        follower_days = [d for d in days
-                         if d >= pacific.today(run.now) - timedelta(days=self._follower_count_days)]
-        if follower_days and catalogue.FOLLOWER_COUNT not in series:
-            await self._account_series(run, catalogue.FOLLOWER_COUNT, follower_days, absent=absent,
-                                       followers=followers)
 
         async def day_totals(day: date) -> None:
             self._check_stop()
             await self._account_day_totals(run, day, absent=absent, followers=followers)
 
-        await jobs.bounded(days, day_totals, self._collect.media_concurrency_per_account)
-        if absent.rows:
-            await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
+        try:
+            for metric in series:
+                await self._account_series(run, metric, days, absent=absent, followers=followers)
+            follower_days = [d for d in days
+                             if d >= pacific.today(run.now) - timedelta(days=self._follower_count_days)]
+            if follower_days and catalogue.FOLLOWER_COUNT not in series:
+                await self._account_series(run, catalogue.FOLLOWER_COUNT, follower_days, absent=absent,
+                                           followers=followers)
+            await jobs.bounded(days, day_totals, self._collect.media_concurrency_per_account)
+        finally:  # a stop (or a failure) part-way keeps the absences of the answers already fetched
+            if absent.rows:
+                await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
 
     async def _account_series(self, run: jobs.JobRun, metric: str, days: list[date], *, absent: jobs.Absences,
                               followers: int | None) -> None:
@@ -461,12 +468,22 @@ class Collector:
 
     async def _demographics(self, run: jobs.JobRun) -> None:
         followers = await self._followers_of(run.account)
-        timeframe = self._collect.demographics_timeframe
-        end = pacific.day_end_utc(pacific.today(run.now))
         rows: list[models.AccountInsightRow] = []
         absent = jobs.Absences("account", run.user_id, run.now, self._metrics)
-        record = absent.add
+        try:
+            await self._demographic_breakdowns(run, followers, rows=rows, absent=absent)
+            await self._online_followers(run, followers, rows, absent)
+        finally:  # a stop (or a failure) part-way keeps what was fetched before it
+            if rows:
+                await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
+            if absent.rows:
+                await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
 
+    async def _demographic_breakdowns(self, run: jobs.JobRun, followers: int | None, *,
+                                      rows: list[models.AccountInsightRow], absent: jobs.Absences) -> None:
+        timeframe = self._collect.demographics_timeframe
+        end = pacific.day_end_utc(pacific.today(run.now))
+        record = absent.add
         for metric in self._catalogue.demographics():
             for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS:
                 self._check_stop()
@@ -490,11 +507,6 @@ class Collector:
                                                      v.dimension, v.value, run.now) for v in values)
                 if not values:
                     record(metric, self._absent_reason(metric, followers), "empty data set", scope)
-        await self._online_followers(run, followers, rows, absent)
-        if rows:
-            await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
-        if absent.rows:
-            await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
 
     async def _online_followers(self, run: jobs.JobRun, followers: int | None,
                                 rows: list[models.AccountInsightRow],
