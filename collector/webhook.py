@@ -6,10 +6,12 @@ it, and hands the numbers to the same `Writer` the poller uses, so a story's met
 `ig_media_insight` and its history exactly as polled ones do.
 
 Decisions (documented for operators in docs/webhooks.md):
-- Acknowledge fast: a delivery is answered once its rows are *enqueued* in the writer, not committed. The
-  writer never drops what it was given and flushes on shutdown; only a hard crash within one flush
-  interval loses an acknowledged delivery. A full writer buffer answers 503 after `enqueue_timeout_s`
-  so that Meta retries later instead of holding connections open.
+- Acknowledge once stored: a delivery is answered 200 only after its rows are *committed*, so a crash
+  right after the answer loses nothing (Meta does not resend what it saw acknowledged). Waiting for the
+  commit makes the writer write at once, and concurrent deliveries share its transactions (group commit,
+  `Writer.wait_committed`). A full writer buffer answers 503 after `enqueue_timeout_s`, a commit that
+  does not come within `commit_timeout_s` (database down) 503 too, so that Meta retries later instead of
+  holding connections open; the rows stay in the writer and a retry is idempotent.
 - A whole delivery is validated before anything of it is stored: one malformed change is a 400 and
   nothing of that delivery is written.
 - A metric value of -1 (one source says values under 5 come as -1, unconfirmed) is recorded in
@@ -18,7 +20,8 @@ Decisions (documented for operators in docs/webhooks.md):
 - Deliveries for accounts not in the config are acknowledged (so Meta stops retrying), logged, counted,
   and not stored.
 - Duplicates (Meta retries and repeats for 36 hours) are idempotent in the database; a bounded memory of
-  recently enqueued changes also skips the writer for them and counts them as `duplicate`.
+  recently enqueued changes also skips the writer for them and counts them as `duplicate` (answered,
+  like the original, once the original's rows are committed).
 """
 
 from __future__ import annotations
@@ -221,26 +224,32 @@ class _RecentChanges:
 
     The database upserts are what make duplicates harmless; this only saves work and tells `stored`
     from `duplicate` in the metrics. A key is reserved before enqueueing and released if that fails, so
-    two identical concurrent deliveries enqueue once.
+    two identical concurrent deliveries enqueue once. Each key holds a future of the writer mark its rows
+    were enqueued up to (None when enqueueing failed), so a duplicate is answered only once the original's
+    rows are committed.
     """
 
     def __init__(self, max_entries: int) -> None:
         self._max_entries = max_entries
-        self._keys: collections.OrderedDict[tuple[object, ...], None] = collections.OrderedDict()
+        self._keys: collections.OrderedDict[tuple[object, ...], asyncio.Future[int | None]] = \
+            collections.OrderedDict()
 
     @staticmethod
     def key(change: StoryInsights) -> tuple[object, ...]:
         return (change.ig_user_id, change.media_id, tuple(sorted(change.values.items())))
 
-    def reserve(self, key: tuple[object, ...]) -> bool:
-        """False when `key` was seen recently; otherwise remember it and return True."""
-        if key in self._keys:
+    def reserve(self, key: tuple[object, ...]) -> tuple[bool, asyncio.Future[int | None]]:
+        """(True, a new future to resolve with the mark) when `key` is new; (False, the original's future)
+        when it was seen recently."""
+        known = self._keys.get(key)
+        if known is not None:
             self._keys.move_to_end(key)
-            return False
-        self._keys[key] = None
+            return False, known
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._keys[key] = future
         while len(self._keys) > self._max_entries:
             self._keys.popitem(last=False)
-        return True
+        return True, future
 
     def release(self, key: tuple[object, ...]) -> None:
         self._keys.pop(key, None)
@@ -252,7 +261,8 @@ class WebhookReceiver:
     def __init__(self, settings: settings.WebhookSettings, *,
                  accounts: Callable[[], Mapping[str, models.Account]],
                  writer: storage_writer.Writer, metrics: metrics.Metrics,
-                 enqueue_timeout_s: float = 2.0, read_timeout_s: float = 10.0,
+                 enqueue_timeout_s: float = 2.0, commit_timeout_s: float = 10.0,
+                 read_timeout_s: float = 10.0,
                  recent_max_entries: int = 50_000,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._settings = settings
@@ -260,6 +270,7 @@ class WebhookReceiver:
         self._writer = writer
         self._metrics = metrics
         self._enqueue_timeout_s = enqueue_timeout_s
+        self._commit_timeout_s = commit_timeout_s
         self._read_timeout_s = read_timeout_s
         self._recent = _RecentChanges(recent_max_entries)
         self._clock = clock
@@ -339,35 +350,56 @@ class WebhookReceiver:
         accounts = self._accounts()
         now = self._clock()
         rows = Rows([], [], [])
-        reserved: list[tuple[object, ...]] = []
+        reserved: list[tuple[tuple[object, ...], asyncio.Future[int | None]]] = []
+        originals: list[asyncio.Future[int | None]] = []  # of the duplicates: their rows were enqueued
         outcomes: list[tuple[str, StoryInsights | OtherChange]] = []
         for change in delivery.changes:
             outcome = self._classify(change, accounts)
             if outcome == Outcome.STORED:
                 assert isinstance(change, StoryInsights)
                 key = self._recent.key(change)
-                if self._recent.reserve(key):
-                    reserved.append(key)
+                new, future = self._recent.reserve(key)
+                if new:
+                    reserved.append((key, future))
                     part = rows_for(change, now)
                     rows.media.extend(part.media)
                     rows.insights.extend(part.insights)
                     rows.unavailable.extend(part.unavailable)
                 else:
                     outcome = Outcome.DUPLICATE
+                    originals.append(future)
             outcomes.append((outcome, change))
         try:
-            await self._enqueue(rows)
+            mark = await self._enqueue(rows)
         except (TimeoutError, exceptions.CollectorError) as exc:
-            for key in reserved:
+            for key, future in reserved:
                 self._recent.release(key)
-            self._count(Outcome.BUSY)
-            log.warning("webhook_writer_unavailable", error=type(exc).__name__,
-                        timeout_s=self._enqueue_timeout_s)
-            return web.Response(status=503, text="busy", headers={"Retry-After": "60"})
+                future.set_result(None)
+            return self._busy("enqueue", exc, self._enqueue_timeout_s)
+        for _, future in reserved:
+            future.set_result(mark)
+        try:
+            async with asyncio.timeout(self._commit_timeout_s):
+                for original in originals:  # a duplicate's rows are the original's: wait for those
+                    enqueued = await asyncio.shield(original)
+                    if enqueued is None:
+                        raise exceptions.StorageError("the original delivery could not be enqueued")
+                    mark = max(mark, enqueued)
+                await self._writer.wait_committed(mark)
+        except (TimeoutError, exceptions.CollectorError) as exc:
+            # Not known to be committed: Meta retries (idempotent); the rows stay in the writer.
+            for key, _ in reserved:
+                self._recent.release(key)
+            return self._busy("commit", exc, self._commit_timeout_s)
         for outcome, change in outcomes:
             self._count(outcome)
             _log_change(outcome, change)
         return web.Response(text="ok")
+
+    def _busy(self, stage: str, exc: BaseException, timeout_s: float) -> web.Response:
+        self._count(Outcome.BUSY)
+        log.warning("webhook_writer_unavailable", stage=stage, error=type(exc).__name__, timeout_s=timeout_s)
+        return web.Response(status=503, text="busy", headers={"Retry-After": "60"})
 
     def _classify(self, change: StoryInsights | OtherChange,
                   accounts: Mapping[str, models.Account]) -> str:
@@ -381,16 +413,19 @@ class WebhookReceiver:
             log.warning("webhook_unexpected_login", ig_user_id=str(change.ig_user_id), login=account.login)
         return Outcome.STORED
 
-    async def _enqueue(self, rows: Rows) -> None:
-        """Hand the rows to the writer; its backpressure is bounded by `enqueue_timeout_s` (then 503)."""
+    async def _enqueue(self, rows: Rows) -> int:
+        """Hand the rows to the writer; its backpressure is bounded by `enqueue_timeout_s` (then 503).
+        Returns the writer mark to wait for (0 when there was nothing to add)."""
+        mark = 0
         async with asyncio.timeout(self._enqueue_timeout_s):
             # Tables in models.Table order, so the media row is never behind its insights.
             if rows.media:
-                await self._writer.add(models.Table.MEDIA, rows.media)
+                mark = await self._writer.add(models.Table.MEDIA, rows.media)
             if rows.insights:
-                await self._writer.add(models.Table.MEDIA_INSIGHT, rows.insights)
+                mark = await self._writer.add(models.Table.MEDIA_INSIGHT, rows.insights)
             if rows.unavailable:
-                await self._writer.add(models.Table.UNAVAILABLE, rows.unavailable)
+                mark = await self._writer.add(models.Table.UNAVAILABLE, rows.unavailable)
+        return mark
 
 
 def _log_change(outcome: str, change: StoryInsights | OtherChange) -> None:

@@ -77,10 +77,8 @@ async def _until_serving(session: aiohttp.ClientSession, url: str, proc: asyncio
     pytest.fail(f"daemon not serving:\n{log.read_text()[-4000:]}")
 
 
-async def test_daemon_receives_story_insights(
-        tmp_path: Path, db_dsn: str, sim_url: tuple[str, list[world_mod.SimAccount]]) -> None:
-    url, accounts = sim_url
-    port = _free_port()
+async def _start_daemon(tmp_path: Path, db_dsn: str, url: str, accounts: list[world_mod.SimAccount],
+                        port: int) -> tuple[asyncio.subprocess.Process, Path]:
     (tmp_path / "accounts.csv").write_text("ig_user_id,login,access_token\n" + "".join(
         f"{a.ig_user_id},{a.login},{a.access_token}\n" for a in accounts))
     (tmp_path / "config.toml").write_text(f"""
@@ -109,6 +107,14 @@ json = true
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "collector", "run", "-c", str(tmp_path / "config.toml"),
             cwd=ROOT, env=env, stdout=out, stderr=out)
+    return proc, log
+
+
+async def test_daemon_receives_story_insights(
+        tmp_path: Path, db_dsn: str, sim_url: tuple[str, list[world_mod.SimAccount]]) -> None:
+    url, accounts = sim_url
+    port = _free_port()
+    proc, log = await _start_daemon(tmp_path, db_dsn, url, accounts, port)
     base = f"http://127.0.0.1:{port}"
     hook = base + PATH
     account = accounts[0].ig_user_id
@@ -192,3 +198,45 @@ json = true
     text = log.read_text()
     assert APP_SECRET not in text and VERIFY_TOKEN not in text
     assert '"webhook_change"' in text and '"webhook_rejected"' in text
+
+
+async def test_sigkill_right_after_200s_loses_nothing(
+        tmp_path: Path, db_dsn: str, sim_url: tuple[str, list[world_mod.SimAccount]]) -> None:
+    """A 200 means committed: the daemon killed (no flush, no shutdown) the moment the last of 200
+    concurrent deliveries is answered still has every one of them in the database."""
+    url, accounts = sim_url
+    port = _free_port()
+    proc, log = await _start_daemon(tmp_path, db_dsn, url, accounts, port)
+    base = f"http://127.0.0.1:{port}"
+    account = accounts[0].ig_user_id
+    first = 17_920_000_000_000_000
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _until_serving(session, base + "/metrics", proc, log)
+
+            async def post(body: bytes) -> int:
+                async with session.post(base + PATH, data=body,
+                                        headers={"X-Hub-Signature-256": _sign(body)}) as response:
+                    return response.status
+
+            bodies = [_story(account, first + i, {"reach": 10 + i, "exits": 1}) for i in range(200)]
+            statuses = await asyncio.gather(*(post(b) for b in bodies))
+            proc.kill()  # SIGKILL: nothing after the answers runs
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert statuses == [200] * 200, log.read_text()[-4000:]
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        stored = {(r["media_id"], r["metric"]): r["value"] for r in await conn.fetch(
+            "SELECT media_id, metric, value FROM ig_media_insight WHERE media_id BETWEEN $1 AND $2",
+            first, first + 199)}
+        media = await conn.fetchval("SELECT count(*) FROM ig_media WHERE media_id BETWEEN $1 AND $2",
+                                    first, first + 199)
+    finally:
+        await conn.close()
+    assert media == 200
+    assert stored == {**{(first + i, "reach"): 10 + i for i in range(200)},
+                      **{(first + i, "exits"): 1 for i in range(200)}}

@@ -203,14 +203,15 @@ class Writer:
         """Rows added but not yet committed."""
         return self._added - self._committed
 
-    async def add(self, table: models.Table, rows: Sequence[Row]) -> None:
+    async def add(self, table: models.Table, rows: Sequence[Row]) -> int:
         """Queue rows for `table`; blocks while more than `buffer_max_rows` rows wait to be committed.
+        Returns the writer's mark after these rows: `await wait_committed(mark)` returns once they are in.
 
         The rows are copied, so the caller may reuse its list.
         """
         self._check_usable()
         if not rows:
-            return
+            return self._added
         if self._added - self._committed >= self._buffer_max_rows:
             await self._wait_for_space()
         batch = list(rows)
@@ -225,17 +226,26 @@ class Writer:
         buffer_full = self._added - self._committed >= self._buffer_max_rows
         if self._pending_rows >= self._batch_max_rows or buffer_full:
             self._wake.set()
+        return self._added
 
     async def flush(self) -> None:
         """Return once every row added before this call is committed."""
+        await self.wait_committed(self._added)
+
+    async def wait_committed(self, mark: int) -> None:
+        """Return once every row up to `mark` (what `add` returned) is committed.
+
+        A waiter makes the rows due at once rather than at the flush interval. That is a group commit:
+        whatever other callers add while a batch commits goes into the next batch together, so many
+        concurrent waiters cost a few transactions, not one each.
+        """
         self._check_usable()
-        target = self._added
-        if self._committed >= target:
+        if self._committed >= mark:
             return
-        self._flush_upto = max(self._flush_upto, target)
+        self._flush_upto = max(self._flush_upto, mark)
         self._wake.set()
         async with self._changed:
-            await self._changed.wait_for(lambda: self._committed >= target or self._failure is not None)
+            await self._changed.wait_for(lambda: self._committed >= mark or self._failure is not None)
         self._raise_if_failed()
 
     async def _wait_for_space(self) -> None:
