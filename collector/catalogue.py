@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from collector import models
 
 # Metrics only served to Instagram API with Facebook Login (reference §1.1, §3.1).
+# How long calls of a kind wait for its first call (Capabilities.first_call) before going on without it.
+PROBE_WAIT_S = 5.0
+
 FACEBOOK_LOGIN_ONLY = frozenset({"total_likes", "total_comments", "total_views"})
 
 # Deprecated or removed: never requested by default, and refused in config overrides with a clear message.
@@ -161,7 +164,11 @@ class Capabilities:
     @contextlib.asynccontextmanager
     async def first_call(self, *key: str) -> AsyncIterator[None]:
         """The first call for a key goes alone; concurrent ones wait for it to finish, so a refusal is
-        learned from one call instead of from every call already in flight."""
+        learned from one call instead of from every call already in flight.
+
+        They wait at most PROBE_WAIT_S: the first call may be held by its own account's throttle pause
+        (Meta's regain time, up to an hour), and one paused account must not hold up every other
+        account's calls of the kind. Past that they go on; a refusal is then learned from them too."""
         if not key:
             yield
             return
@@ -173,7 +180,9 @@ class Capabilities:
             finally:
                 probe.set()
         else:
-            await probe.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PROBE_WAIT_S):
+                    await probe.wait()
             yield
 
     def unsupported(self, *key: str) -> frozenset[str]:

@@ -1,5 +1,9 @@
 """The metric catalogue: current defaults, login-only metrics, overrides and learned refusals."""
 
+import asyncio
+
+import pytest
+
 from collector import catalogue
 
 
@@ -38,3 +42,24 @@ def test_capabilities_remember_refusals_per_media_type() -> None:
     caps.learn(["shares"], "instagram", "FEED", "IMAGE")
     assert caps.usable(("reach", "shares"), "instagram", "FEED", "IMAGE") == ("reach",)
     assert caps.usable(("reach", "shares"), "instagram", "FEED", "CAROUSEL_ALBUM") == ("reach", "shares")
+
+
+async def test_a_held_up_first_call_does_not_hold_up_the_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first call of a kind is stuck (its account paused by Meta for an hour): the others go on after
+    # PROBE_WAIT_S instead of waiting for it.
+    monkeypatch.setattr(catalogue, "PROBE_WAIT_S", 0.01)
+    capabilities = catalogue.Capabilities()
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with capabilities.first_call("facebook", "FEED", "IMAGE"):
+            held.set()
+            await release.wait()
+
+    holder = asyncio.create_task(first())
+    await held.wait()
+    async with capabilities.first_call("facebook", "FEED", "IMAGE"):
+        assert not holder.done()
+    release.set()
+    await holder
