@@ -1,14 +1,15 @@
 """Throttle: usage-header parsing, pacing math and pause bookkeeping with a fake clock; blocking
-behaviour (pauses, pacing, limiters) with the real clock and short durations."""
+behaviour (pauses, pacing, limiters) on a virtual-time event loop (tests/virtual_time.py), so every
+duration is exact and no assertion depends on how busy the machine is."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from collector import metrics, ratelimit, settings
+from tests import virtual_time
 
 HOST = "https://graph.instagram.com"
 OTHER_HOST = "https://graph.facebook.com"
@@ -20,6 +21,17 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+def make_virtual(**overrides: float) -> tuple[ratelimit.Throttle, metrics.Metrics]:
+    """A Throttle on the running loop's clock (the virtual one in the waiting tests: exact durations)."""
+    counters = metrics.Metrics()
+    rl = settings.RateLimitSettings(**overrides)  # type: ignore[arg-type]
+    return ratelimit.Throttle(rl, counters, asyncio.get_running_loop().time), counters
 
 
 def make(clock: FakeClock | None = None, **overrides: float) -> tuple[ratelimit.Throttle, metrics.Metrics]:
@@ -152,40 +164,43 @@ def test_paused_scopes_gauge_counts_at_scrape_time() -> None:
     assert 'ig_collector_paused_scopes{scope="app"} 0.0' in text
 
 
-# -- real-clock behaviour ------------------------------------------------------------------------------------
+# -- waiting behaviour, on a virtual clock (tests/virtual_time.py) --------------------------------------
 
+@virtual_time.test
 async def test_paused_account_waits_others_go() -> None:
-    throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)
+    throttle, _ = make_virtual(account_calls_per_s=0, app_calls_per_s=0)
     throttle.pause("account", "paused", 0.3)
     passed: dict[str, float] = {}
-    started = time.monotonic()
+    started = now()
 
     async def call(account_id: str) -> None:
         async with throttle.slot(HOST, account_id):
-            passed[account_id] = time.monotonic() - started
+            passed[account_id] = now() - started
 
     await asyncio.gather(call("paused"), *(call(str(i)) for i in range(20)))
     assert passed["paused"] >= 0.3
     assert max(v for k, v in passed.items() if k != "paused") < 0.1
 
 
+@virtual_time.test
 async def test_app_pause_holds_every_account_of_that_host_only() -> None:
-    throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)
+    throttle, _ = make_virtual(account_calls_per_s=0, app_calls_per_s=0)
     throttle.pause("app", HOST, 0.25)
-    started = time.monotonic()
+    started = now()
     async with throttle.slot(OTHER_HOST, "1"):
-        assert time.monotonic() - started < 0.05
+        assert now() - started < 0.05
     async with throttle.slot(HOST, "1"):
-        assert time.monotonic() - started >= 0.25
+        assert now() - started >= 0.25
     throttle.pause("app", HOST, 0.2)
-    started = time.monotonic()
+    started = now()
     async with throttle.slot(HOST, None):  # token calls (no account) obey the app scope too
-        assert time.monotonic() - started >= 0.2
+        assert now() - started >= 0.2
 
 
+@virtual_time.test
 async def test_pause_begun_while_waiting_for_the_limiter_is_honoured() -> None:
-    throttle, _ = make(account_calls_per_s=4.0, account_burst=1, app_calls_per_s=0)
-    started = time.monotonic()
+    throttle, _ = make_virtual(account_calls_per_s=4.0, account_burst=1, app_calls_per_s=0)
+    started = now()
     async with throttle.slot(HOST, "1"):
         pass  # the bucket's one token
 
@@ -195,20 +210,21 @@ async def test_pause_begun_while_waiting_for_the_limiter_is_honoured() -> None:
 
     pauser = asyncio.create_task(pause_soon())
     async with throttle.slot(HOST, "1"):  # the limiter alone would let this go at ~0.25 s
-        elapsed = time.monotonic() - started
+        elapsed = now() - started
     await pauser
     assert elapsed >= 0.55
 
 
+@virtual_time.test
 async def test_waiters_wake_spread_after_the_pause_no_herd() -> None:
-    throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)
+    throttle, _ = make_virtual(account_calls_per_s=0, app_calls_per_s=0)
     throttle.pause("app", HOST, 0.4)
-    end = time.monotonic() + 0.4
+    end = now() + 0.4
     woke: list[float] = []
 
     async def call(i: int) -> None:
         async with throttle.slot(HOST, str(i)):
-            woke.append(time.monotonic())
+            woke.append(now())
 
     await asyncio.gather(*(call(i) for i in range(300)))
     assert min(woke) >= end - 0.002
@@ -216,50 +232,54 @@ async def test_waiters_wake_spread_after_the_pause_no_herd() -> None:
     assert max(woke) <= end + 0.1
 
 
+@virtual_time.test
 async def test_account_limiter_rate_and_burst() -> None:
-    throttle, _ = make(account_calls_per_s=20.0, account_burst=2, app_calls_per_s=0)
-    started = time.monotonic()
+    throttle, _ = make_virtual(account_calls_per_s=20.0, account_burst=2, app_calls_per_s=0)
+    started = now()
     for _ in range(6):  # 2 from the bucket, then 4 at 20/s
         async with throttle.slot(HOST, "1"):
             pass
-    elapsed = time.monotonic() - started
+    elapsed = now() - started
     assert 0.17 <= elapsed < 0.4
-    started = time.monotonic()
+    started = now()
     async with throttle.slot(HOST, "2"):  # another account has its own bucket
-        assert time.monotonic() - started < 0.02
+        assert now() - started < 0.02
 
 
+@virtual_time.test
 async def test_account_limiter_disabled() -> None:
-    throttle, _ = make(account_calls_per_s=0, app_calls_per_s=0)
-    started = time.monotonic()
+    throttle, _ = make_virtual(account_calls_per_s=0, app_calls_per_s=0)
+    started = now()
     for _ in range(500):
         async with throttle.slot(HOST, "1"):
             pass
-    assert time.monotonic() - started < 0.1
+    assert now() - started < 0.1
 
 
+@virtual_time.test
 async def test_slowed_account_is_paced() -> None:
-    throttle, _ = make(account_calls_per_s=50.0, account_burst=1, app_calls_per_s=0,
+    throttle, _ = make_virtual(account_calls_per_s=50.0, account_burst=1, app_calls_per_s=0,
                        slow_down_at_pct=50.0, min_rate_fraction=0.1)
     header = '{"1":[{"type":"instagram","call_count":100,"total_cputime":1,"total_time":1}]}'
     throttle.observe(HOST, "1", {"X-Business-Use-Case-Usage": header})
     assert throttle.rate_fraction("account", "1") == pytest.approx(0.1)  # 5 calls/s
-    started = time.monotonic()
+    started = now()
     for _ in range(4):
         async with throttle.slot(HOST, "1"):
             pass
-    assert time.monotonic() - started >= 0.55  # 3 gaps of 0.2 s (first slot is immediate)
+    assert now() - started >= 0.55  # 3 gaps of 0.2 s (first slot is immediate)
 
 
+@virtual_time.test
 async def test_calls_queued_behind_the_limiter_go_at_the_rate_in_force_when_they_leave() -> None:
-    throttle, _ = make(account_calls_per_s=50.0, account_burst=1, app_calls_per_s=0,
+    throttle, _ = make_virtual(account_calls_per_s=50.0, account_burst=1, app_calls_per_s=0,
                        slow_down_at_pct=50.0, min_rate_fraction=0.1)
     header = '{"1":[{"type":"instagram","call_count":100,"total_cputime":1,"total_time":1}]}'
     left: list[float] = []
 
     async def call() -> None:
         async with throttle.slot(HOST, "1"):
-            left.append(time.monotonic())
+            left.append(now())
             if len(left) == 1:  # the first answer says the budget is used up: 5 calls/s from now on
                 await asyncio.sleep(0.01)  # meanwhile the other four queue behind the limiter
                 throttle.observe(HOST, "1", {"X-Business-Use-Case-Usage": header})
@@ -270,15 +290,16 @@ async def test_calls_queued_behind_the_limiter_go_at_the_rate_in_force_when_they
 
 # -- the FIFO gate in front of each limiter ------------------------------------------------------------------
 
+@virtual_time.test
 async def test_contended_limiter_admits_in_arrival_order_and_shares_evenly() -> None:
     # 40 tasks of one account call in a loop against the app limiter (400/s, a bucket of 40): each waits its
     # turn, so over ~0.4 s every task gets the same number of calls, give or take the one in progress.
-    throttle, _ = make(app_calls_per_s=400.0, account_calls_per_s=0)
+    throttle, _ = make_virtual(app_calls_per_s=400.0, account_calls_per_s=0)
     order: list[int] = []
-    stop = time.monotonic() + 0.4
+    stop = now() + 0.4
 
     async def caller(i: int) -> None:
-        while time.monotonic() < stop:
+        while now() < stop:
             async with throttle.slot(HOST, "1"):
                 order.append(i)
                 await asyncio.sleep(0)  # the call itself (a free token is taken without yielding)
@@ -289,16 +310,17 @@ async def test_contended_limiter_admits_in_arrival_order_and_shares_evenly() -> 
     assert order[40:80] == order[:40]  # after the burst: round after round in the same order
 
 
+@virtual_time.test
 async def test_rate_and_first_second_burst_stay_aiolimiters() -> None:
     # 2,000/s per host holds 0.1 s of calls (200): with 50 callers, ~200 + 2,000 * 0.5 calls in 0.5 s.
-    throttle, _ = make(app_calls_per_s=2000.0, account_calls_per_s=0)
+    throttle, _ = make_virtual(app_calls_per_s=2000.0, account_calls_per_s=0)
     admitted: list[float] = []
-    started = time.monotonic()
+    started = now()
 
     async def caller(i: int) -> None:
-        while time.monotonic() - started < 0.5:
+        while now() - started < 0.5:
             async with throttle.slot(HOST, str(i)):
-                admitted.append(time.monotonic() - started)
+                admitted.append(now() - started)
                 await asyncio.sleep(0)
 
     await asyncio.gather(*(caller(i) for i in range(50)))
@@ -307,8 +329,9 @@ async def test_rate_and_first_second_burst_stay_aiolimiters() -> None:
     assert 1700 <= len([t for t in admitted if 0.1 <= t < 0.5]) / 0.4 <= 2100  # the steady rate
 
 
+@virtual_time.test
 async def test_cancelled_waiters_do_not_leak_the_gate() -> None:
-    throttle, _ = make(account_calls_per_s=20.0, account_burst=1, app_calls_per_s=0)
+    throttle, _ = make_virtual(account_calls_per_s=20.0, account_burst=1, app_calls_per_s=0)
     async with throttle.slot(HOST, "1"):
         pass  # the bucket's one token: the next caller waits ~50 ms at the head, the others queue behind
     admitted: list[str] = []
@@ -332,6 +355,6 @@ async def test_cancelled_waiters_do_not_leak_the_gate() -> None:
     sleeper = asyncio.create_task(call("sleeper"))
     await asyncio.sleep(0.01)
     sleeper.cancel()
-    started = time.monotonic()
+    started = now()
     await asyncio.wait_for(call("after"), 1.0)
-    assert admitted[-1] == "after" and time.monotonic() - started < 0.1
+    assert admitted[-1] == "after" and now() - started < 0.1
