@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -121,10 +122,11 @@ def test_once_with_unreachable_database_exits_3(tmp_path: Path) -> None:
 # -- against a real PostgreSQL and the simulator over HTTP -----------------------------------------------
 
 
-async def arun(*args: str, signal_after: str | None = None,
+async def arun(*args: str, signal_after: str | None = None, signal_when: Callable[[], bool] | None = None,
                send: signal.Signals = signal.SIGTERM) -> tuple[int, str, str]:
     """The CLI as a subprocess without blocking the event loop (the simulator runs in it). With
-    `signal_after`, `send` goes to the process 0.5 s after that log event appears on stderr."""
+    `signal_after`, `send` goes to the process once that log event appeared on stderr and `signal_when`
+    (if given) holds."""
     env = {k: v for k, v in os.environ.items() if k not in (cli.CONFIG_ENV, "DATABASE_URL")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "collector", *args, cwd=REPO, env=env,
@@ -136,7 +138,9 @@ async def arun(*args: str, signal_after: str | None = None,
             line = await asyncio.wait_for(proc.stderr.readline(), timeout=30)
             assert line, early.decode()
             early += line
-        await asyncio.sleep(0.5)
+        while signal_when is not None and not signal_when():
+            assert proc.returncode is None, early.decode()
+            await asyncio.sleep(0.01)
         proc.send_signal(send)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=90)
     assert proc.returncode is not None
@@ -195,8 +199,10 @@ async def test_signal_during_once_flushes_and_exits_128_plus_signal(
     sim = await start_simulator(accounts=6, media_per_account=20, latency_ms=300,
                                 world_knobs={"invalid_token_fraction": 0.0})
     path = fixtures_sim.write_config(tmp_path, sim, db_dsn, sections=FAST)
+    # Once every account's profile call is on the wire: those are answered and stored (only calls still
+    # waiting are abandoned by the stop).
     code, out, err = await arun("once", "-c", str(path), "--log-json", signal_after="pass_progress",
-                                send=send)
+                                signal_when=lambda: sim.stats.by_kind["profile"] >= 6, send=send)
     assert code == expected, err
     assert "stop_requested" in err
     summary = orjson.loads(out)
