@@ -90,7 +90,9 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
                             assert response.status == 200, response.status
                         return time.perf_counter() - started
 
-                    await asyncio.gather(*(post(next(media_ids)) for _ in range(20)))  # warm up
+                    # Warm up with as many connections as the measured rounds use: the first burst of 200 new
+                    # connections overflows the listen backlog (128) and some wait for a SYN retry (1 s).
+                    await asyncio.gather(*(post(next(media_ids)) for _ in range(args.concurrency)))
                     sequential = [await post(next(media_ids)) for _ in range(args.sequential)]
                     commits_before = _commits(counters)
                     concurrent: list[float] = []
