@@ -444,6 +444,8 @@ class Daemon:
             token_tools.report(await token_tools.check_all(client, cfg, self._clock()), self.metrics)
             found = await discovery.run_round(client, pool, cfg, configured=list(cfg.accounts),
                                               now=self._clock(), counters=self.metrics)
+        except exceptions.ShutdownRequested:
+            return  # stopping: the Graph client abandoned the round's waiting calls
         except exceptions.CollectorError as exc:  # the database is down: keep the accounts known so far
             log.warning("discovery_failed", error=str(exc), kept="the accounts discovered before")
             return

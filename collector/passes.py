@@ -168,8 +168,11 @@ async def _with_discovered(config: settings.Config, client: graph.GraphClient, p
                            now: datetime, counters: metrics.Metrics, summary: PassSummary) -> settings.Config:
     """The config with the accounts its [[tokens]] reach, after checking the tokens (collector/discovery.py,
     collector/token_tools.py): the pass collects exactly those plus the configured ones."""
-    token_tools.report(await token_tools.check_all(client, config, now), counters)
-    found = await discovery.run_round(client, pool, config, now=now, counters=counters)
+    try:
+        token_tools.report(await token_tools.check_all(client, config, now), counters)
+        found = await discovery.run_round(client, pool, config, now=now, counters=counters)
+    except exceptions.ShutdownRequested:
+        return config  # stopped while discovering: no worker starts (they check `stop` first)
     config = dataclasses.replace(config, accounts=discovery.merge(config.accounts, found.accounts))
     summary.accounts_total = len(config.accounts)
     return config
