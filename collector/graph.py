@@ -270,7 +270,13 @@ class GraphClient:
             waiting.add(task)
             try:
                 await self._throttle.acquire(host, account_id)
-                await in_flight.acquire()
+                if in_flight.locked():
+                    await in_flight.acquire()
+                    if self._paused(host, account_id):  # began while this call waited for a connection
+                        in_flight.release()
+                        continue
+                else:
+                    await in_flight.acquire()
             except asyncio.CancelledError:
                 self._raise_if_abandoned(task)
                 raise
@@ -372,6 +378,11 @@ class GraphClient:
                   http_status=error.http_status, wait_s=round(wait_s, 3), attempt=attempt,
                   endpoint=endpoint, error=error.describe(), path=path, params=_loggable(query))
         await self._sleep(wait_s)
+
+    def _paused(self, host: str, account_id: str | None) -> bool:
+        throttle = self._throttle
+        return throttle.paused_for_s("app", host) > 0 or (
+            account_id is not None and throttle.paused_for_s("account", account_id) > 0)
 
     # -- stopping --------------------------------------------------------------------------------------------
 

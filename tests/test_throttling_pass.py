@@ -253,7 +253,9 @@ async def test_app_throttle_pauses_the_host_and_every_account_resumes(
                                 record_arrivals=True, app_budget=limits.Budget(calls=60, window_s=60.0,
                                                                                block_s=1.0))
     started_s = sim.world.clock()
+    in_flight = 2  # at most this many requests outstanding: "already in flight" is a count, not a timing
     summary = await run_pass(tmp_path, sim, db_dsn, pool, {
+        "graph": {"max_concurrency": in_flight},
         "rate_limit": {"account_calls_per_s": 20.0, "pause_cap_s": 5.0},
         # Code 4 comes without a regain estimate: the pause is the throttle backoff, [1 s, 2 s] at first.
         "retry": {"throttle_base_delay_s": 1.0},
@@ -262,7 +264,8 @@ async def test_app_throttle_pauses_the_host_and_every_account_resumes(
     assert summary.exit_code == 0 and summary.jobs_failed == 0, summary.as_dict()
     await assert_everything_stored_once(pool, sim.world, started_s)
     assert snap["throttled"].get("app", 0) >= 1
-    assert snap["while_blocked"].get("app", 0) <= 2, snap  # only calls already in flight
+    # Only requests already on the wire when the block began (the other connection's) reach it.
+    assert snap["while_blocked"].get("app", 0) <= in_flight - 1, snap
     assert_no_early_retry(sim.stats.arrivals, retry_events)
 
     # The whole host paused: after the first code-4 answer reached the client, no call of ANY account
@@ -270,7 +273,7 @@ async def test_app_throttle_pauses_the_host_and_every_account_resumes(
     tries = sorted((t for ts in sim.stats.arrivals.values() for t in ts), key=lambda t: t.at)
     first = min((e for e in retry_events if e.event == "graph_throttled"), key=lambda e: e.at)
     during = [t for t in tries if first.at < t.at < first.at + first.wait_s]
-    assert not during, during
+    assert len(during) <= in_flight - 1, during  # sent before the answer came: the other connection's
     after = {t.ig_user_id for t in tries if t.at >= first.at + first.wait_s}
     assert len(after) == 10  # every account resumed
 
