@@ -150,11 +150,11 @@ class Collector:
                 recent.append(media)
             due = [m for m in recent
                    if media_due is None or media_due(m.posted_at, refreshed.get(m.media_id), run.now)]
-            await self._insights_for(run, due, story=False)
             due_ids = {m.media_id for m in due}
             not_due = [_media_row(m, run) for m in recent if m.media_id not in due_ids]
-            if not_due:
+            if not_due:  # before the insights: an error there must not lose the listing already read
                 await self._writer.add(models.Table.MEDIA, not_due)
+            await self._insights_for(run, due, story=False)
             # Media come newest first; a page that ends past the age limit ends the walk. Judging by the
             # page's last item (not its first), and never by one of the first MAX_PINNED items of the
             # listing, keeps pinned old posts at the top from ending it early, even on tiny pages.
@@ -185,7 +185,12 @@ class Collector:
                     walked = True
                     yield page
                 return
-            except exceptions.InvalidParameter as exc:
+            except exceptions.GraphError as exc:
+                if exc.partial:  # the items that came with the error are stored, then the error counts
+                    yield exc.partial
+                    raise
+                if not isinstance(exc, exceptions.InvalidParameter):
+                    raise
                 message = str(exc)
                 refused = {f for f in usable if f != "id" and re.search(rf"\b{f}\b", message)}
                 if walked or not refused:
@@ -197,14 +202,25 @@ class Collector:
     async def _insights_for(self, run: jobs.JobRun, media: Sequence[parsing.Media], *, story: bool) -> None:
         """Fetch insights for each media (bounded per account), then store the media rows with the time
         their insights were refreshed."""
+        stored: set[int] = set()
+
         async def one(item: parsing.Media) -> None:
             self._check_stop()  # a stop lets calls in flight finish but starts no new one
             if await self._media_insights(run, item):
                 await self._writer.add(models.Table.MEDIA, [_media_row(item, run, refreshed=True)])
             else:
                 await self._writer.add(models.Table.MEDIA, [_media_row(item, run)])
+            stored.add(item.media_id)
 
-        await jobs.bounded(media, one, self._collect.media_concurrency_per_account)
+        try:
+            await jobs.bounded(media, one, self._collect.media_concurrency_per_account)
+        except Exception:
+            # The job stops (a token error, a stop request): the media listed but not reached are still
+            # stored, without insights (their next media job asks again).
+            rest = [_media_row(m, run) for m in media if m.media_id not in stored]
+            if rest:
+                await self._writer.add(models.Table.MEDIA, rest)
+            raise
 
     async def _media_insights(self, run: jobs.JobRun, media: parsing.Media) -> bool:
         """Insights of one media. True when Meta's answer is settled (values stored or recorded as
@@ -232,33 +248,36 @@ class Collector:
         refused = self._capabilities.unsupported(*key)
         for metric in refused & set(plan.metrics) if refused else ():
             record(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this media type")
+        settled = answered = True
+        # Why a metric absent from the answer is absent: Meta gave no value, or the error that came with it.
+        missing: tuple[str, str] | None = (models.UnavailableReason.NO_DATA, "no value in Meta's answer")
+        items: list[dict[str, Any]] | None
         try:
             items = await self._insights_dropping_unsupported(
                 run.account, str(media.media_id), wanted, params={}, key=() if expiring else key,
                 record=record, endpoint="media_insights")
-        except exceptions.PreConversionMedia as exc:
-            record("*", models.UnavailableReason.PRE_CONVERSION, str(exc))
-            items = None
-        except exceptions.NotEnoughViewers as exc:
-            record("*", models.UnavailableReason.NOT_ENOUGH_VIEWERS, str(exc))
-            items = None
-        except (exceptions.ObjectNotFound, exceptions.InvalidParameter) as exc:
-            if expiring:
-                record("*", models.UnavailableReason.STORY_EXPIRED, str(exc))
-            else:
-                record("*", models.UnavailableReason.OBJECT_GONE, exc.describe())
-            items = None
         except exceptions.GraphError as exc:
-            if expiring and jobs.permanent(exc):
+            # The error is this media's (docs/errors.md): it can make only this media's data unavailable.
+            reason = jobs.object_reason(exc)
+            if expiring and jobs.permanent(exc) and not isinstance(
+                    exc, exceptions.PreConversionMedia | exceptions.NotEnoughViewers):
                 # Whatever Meta says about a story at the end of its life (code 10, 100, an unknown error)
                 # is about the story, not the account: never a failure that stops the account.
-                record("*", models.UnavailableReason.STORY_EXPIRED, exc.describe())
-                items = None
-            else:
+                reason = models.UnavailableReason.STORY_EXPIRED
+            if reason is None:  # a token error (raised: the account's) or a fault that outlived its retries
                 run.item_failed(f"media {media.media_id}", exc)
                 log.warning("media_insights_failed", ig_user_id=run.account.ig_user_id,
                             media_id=media.media_id, error=exc.describe())
-                return False
+                settled = False
+            elif reason in jobs.RETRIED_REASONS:
+                log.warning("media_insights_unavailable", ig_user_id=run.account.ig_user_id,
+                            media_id=media.media_id, reason=reason, error=exc.describe())
+                settled = False
+            answered = False
+            items = exc.partial  # values Meta sent beside its error are stored like any others
+            missing = None if reason is None else (reason, exc.describe())
+            if items is None and missing is not None:
+                record("*", *missing)
         if items is not None:
             values = parsing.parse_insight_items(items)
             media_id, now = media.media_id, run.now
@@ -267,20 +286,20 @@ class Collector:
                 for metric, breakdown, dimension, value, _ in values]
             got = {v.metric for v in values}
             for metric in wanted:
-                if metric not in got and not absent.has(metric):
-                    record(metric, models.UnavailableReason.NO_DATA, "no value in Meta's answer")
+                if missing is not None and metric not in got and not absent.has(metric):
+                    record(metric, *missing)
             try:
-                if self._collect.media_breakdowns:
+                if self._collect.media_breakdowns and answered:
                     rows.extend(await self._media_breakdowns(run, media, plan, got=got, absent=absent))
             finally:  # a stop (or a failure) during the breakdowns keeps what was fetched before them
                 if rows:
                     await self._writer.add(models.Table.MEDIA_INSIGHT, rows)
                 if absent.rows:
                     await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
-            return True
+            return settled
         if absent.rows:
             await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
-        return True
+        return settled
 
     async def _media_breakdowns(self, run: jobs.JobRun, media: parsing.Media, plan: catalogue.MediaPlan, *,
                                 got: set[str], absent: jobs.Absences) -> list[models.MediaInsightRow]:
@@ -295,7 +314,12 @@ class Collector:
                                               endpoint="media_insights")
             except exceptions.GraphError as exc:
                 if not _breakdown_refused(exc):
-                    run.item_failed(f"media {media.media_id} {metric} by {breakdown}", exc)
+                    # Like the media's main call: this breakdown's reason, a token error (raised), or a
+                    # fault for the next run.
+                    if (reason := jobs.object_reason(exc)) is not None:
+                        absent.add(metric, reason, exc.describe(), scope=breakdown)
+                    else:
+                        run.item_failed(f"media {media.media_id} {metric} by {breakdown}", exc)
                     continue
                 if key:
                     self._capabilities.learn([breakdown], *key, metric)
@@ -341,13 +365,12 @@ class Collector:
         followers = await self._followers_of(run.account)
         absent = jobs.Absences("account", run.user_id, run.now, self._metrics)
 
-        series = [m for m in self._catalogue.account_time_series()] + sorted(self._series_only)
-
         async def day_totals(day: date) -> None:
             self._check_stop()
             await self._account_day_totals(run, day, absent=absent, followers=followers)
 
         try:
+            series = [m for m in self._catalogue.account_time_series()] + sorted(self._series_only)
             for metric in series:
                 await self._account_series(run, metric, days, absent=absent, followers=followers)
             follower_days = [d for d in days
@@ -356,7 +379,7 @@ class Collector:
                 await self._account_series(run, catalogue.FOLLOWER_COUNT, follower_days, absent=absent,
                                            followers=followers)
             await jobs.bounded(days, day_totals, self._collect.media_concurrency_per_account)
-        finally:  # a stop (or a failure) part-way keeps the absences of the answers already fetched
+        finally:  # an account-level error or a stop ends the job; the absences already learned are kept
             if absent.rows:
                 await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
 
@@ -371,6 +394,7 @@ class Collector:
                 window[0]))), "until": str(pacific.epoch(pacific.day_end_utc(window[-1])))}
             if metric != catalogue.FOLLOWER_COUNT:
                 params["metric_type"] = "time_series"
+            failure: exceptions.GraphError | None = None
             try:
                 body = await self._client.get(run.account, f"{run.account.ig_user_id}/insights", params,
                                               endpoint="account_insights")
@@ -394,8 +418,7 @@ class Collector:
                     if len(window) > 1:
                         pending.insert(0, window[1:])
                     continue
-                run.item_failed(f"{metric} {window[0]}..{window[-1]}", exc)
-                continue
+                failure, body = exc, {"data": exc.partial}
             values = [v for v in parsing.parse_insight_items(body.get("data") or ())
                       if v.end_time is not None]
             user_id, now = run.user_id, run.now
@@ -404,6 +427,9 @@ class Collector:
                 for metric, _, _, value, end_time in values]
             if rows:
                 await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
+            if failure is not None:  # after storing what came with it; an account-level error is raised
+                run.item_failed(f"{metric} {window[0]}..{window[-1]}", failure)
+                continue
             have = {v.end_time for v in values}
             for day in window:
                 end = pacific.day_end_utc(day)
@@ -434,6 +460,7 @@ class Collector:
                        scope)
         params = {"period": "day", "metric_type": "total_value",
                   "since": str(pacific.epoch(pacific.day_start_utc(day))), "until": str(pacific.epoch(end))}
+        failure: exceptions.GraphError | None = None
         while True:
             try:
                 items = await self._insights_dropping_unsupported(
@@ -449,8 +476,7 @@ class Collector:
                 metrics = [m for m in metrics if m not in moved]
                 continue
             except exceptions.GraphError as exc:
-                run.item_failed(f"account totals {day}", exc)
-                return
+                failure, items = exc, exc.partial or []
             break
         values = parsing.parse_insight_items(items)
         user_id, now = run.user_id, run.now
@@ -460,6 +486,9 @@ class Collector:
             for metric, breakdown, dimension, value, _ in values]
         if rows:
             await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
+        if failure is not None:  # after storing what came with it; an account-level error is raised
+            run.item_failed(f"account totals {day}", failure)
+            return
         got = {v.metric for v in values}
         for metric in metrics:
             if metric not in got and metric not in self._capabilities.unsupported(*key):
@@ -471,42 +500,46 @@ class Collector:
         rows: list[models.AccountInsightRow] = []
         absent = jobs.Absences("account", run.user_id, run.now, self._metrics)
         try:
-            await self._demographic_breakdowns(run, followers, rows=rows, absent=absent)
+            for metric in self._catalogue.demographics():
+                for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS:
+                    self._check_stop()
+                    await self._demographic(run, metric, breakdown, followers=followers, rows=rows,
+                                            absent=absent)
             await self._online_followers(run, followers, rows, absent)
-        finally:  # a stop (or a failure) part-way keeps what was fetched before it
+        finally:  # an account-level error or a stop ends the job; what was fetched is stored
             if rows:
                 await self._writer.add(models.Table.ACCOUNT_INSIGHT, rows)
             if absent.rows:
                 await self._writer.add(models.Table.UNAVAILABLE, absent.rows)
 
-    async def _demographic_breakdowns(self, run: jobs.JobRun, followers: int | None, *,
-                                      rows: list[models.AccountInsightRow], absent: jobs.Absences) -> None:
+    async def _demographic(self, run: jobs.JobRun, metric: str, breakdown: str, *, followers: int | None,
+                           rows: list[models.AccountInsightRow], absent: jobs.Absences) -> None:
+        """One demographic metric by one breakdown, appended to `rows` (or recorded in `absent`)."""
         timeframe = self._collect.demographics_timeframe
         end = pacific.day_end_utc(pacific.today(run.now))
-        record = absent.add
-        for metric in self._catalogue.demographics():
-            for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS:
-                self._check_stop()
-                scope = f"{timeframe}:{breakdown}"
-                if breakdown in self._capabilities.unsupported("demographics", metric):
-                    continue
-                try:
-                    body = await self._client.get(
-                        run.account, f"{run.account.ig_user_id}/insights",
-                        {"metric": metric, "period": "lifetime", "metric_type": "total_value",
-                         "timeframe": timeframe, "breakdown": breakdown}, endpoint="account_insights")
-                except exceptions.GraphError as exc:
-                    if not _breakdown_refused(exc):
-                        run.item_failed(f"{metric} by {breakdown}", exc)
-                        continue
-                    self._capabilities.learn([breakdown], "demographics", metric)
-                    record(metric, models.UnavailableReason.UNSUPPORTED, str(exc), scope)
-                    continue
-                values = [v for v in parsing.parse_insight_items(body.get("data") or ()) if v.breakdown]
-                rows.extend(models.AccountInsightRow(run.user_id, v.metric, timeframe, end, v.breakdown,
-                                                     v.dimension, v.value, run.now) for v in values)
-                if not values:
-                    record(metric, self._absent_reason(metric, followers), "empty data set", scope)
+        scope = f"{timeframe}:{breakdown}"
+        if breakdown in self._capabilities.unsupported("demographics", metric):
+            absent.add(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this metric", scope)
+            return
+        failure: exceptions.GraphError | None = None
+        try:
+            body = await self._client.get(
+                run.account, f"{run.account.ig_user_id}/insights",
+                {"metric": metric, "period": "lifetime", "metric_type": "total_value",
+                 "timeframe": timeframe, "breakdown": breakdown}, endpoint="account_insights")
+        except exceptions.GraphError as exc:
+            if _breakdown_refused(exc) and not exc.partial:
+                self._capabilities.learn([breakdown], "demographics", metric)
+                absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), scope)
+                return
+            failure, body = exc, {"data": exc.partial}
+        values = [v for v in parsing.parse_insight_items(body.get("data") or ()) if v.breakdown]
+        rows.extend(models.AccountInsightRow(run.user_id, v.metric, timeframe, end, v.breakdown,
+                                             v.dimension, v.value, run.now) for v in values)
+        if failure is not None:  # after keeping what came with it; an account-level error is raised
+            run.item_failed(f"{metric} by {breakdown}", failure)
+        elif not values:
+            absent.add(metric, self._absent_reason(metric, followers), "empty data set", scope)
 
     async def _online_followers(self, run: jobs.JobRun, followers: int | None,
                                 rows: list[models.AccountInsightRow],
@@ -514,6 +547,7 @@ class Collector:
         """online_followers: per day an hour → followers map; stored as breakdown 'hour', dimension
         '0'..'23'."""
         metric = catalogue.ONLINE_FOLLOWERS
+        failure: exceptions.GraphError | None = None
         try:
             body = await self._client.get(run.account, f"{run.account.ig_user_id}/insights",
                                           {"metric": metric, "period": "lifetime"},
@@ -522,8 +556,10 @@ class Collector:
             absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), "")
             return
         except exceptions.GraphError as exc:
-            run.item_failed(metric, exc)
-            return
+            if not exc.partial:
+                run.item_failed(metric, exc)
+                return
+            failure, body = exc, {"data": exc.partial}
         found = False
         data = body.get("data")
         for item in data if isinstance(data, list) else ():
@@ -539,7 +575,9 @@ class Collector:
                         found = True
                         rows.append(models.AccountInsightRow(run.user_id, metric, "lifetime", end, "hour",
                                                              str(hour), value, run.now))
-        if not found:
+        if failure is not None:  # after keeping what came with it; an account-level error is raised
+            run.item_failed(metric, failure)
+        elif not found:
             absent.add(metric, self._absent_reason(metric, followers), "empty data set", "")
 
     # ------------------------------------------------------------------ helpers

@@ -26,6 +26,8 @@ this tree at exactly one boundary each (the Graph client, storage, config) and c
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CollectorError(Exception):
     """The collector failed."""
@@ -74,6 +76,9 @@ class GraphError(CollectorError):
         self.is_transient = is_transient
         # Seconds until Meta says access is regained (from X-Business-Use-Case-Usage), when known.
         self.regain_s = regain_s
+        # The `data` items of an answer that carried an error beside them (a page with data plus an error
+        # object): what was fetched, which the caller stores before handling the error (docs/errors.md).
+        self.partial: list[dict[str, Any]] | None = None
         super().__init__(message)
 
     def describe(self) -> str:

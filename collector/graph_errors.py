@@ -73,6 +73,19 @@ def classify(
     stands in for a missing error body: Meta repeats the error there.
     """
     decoded = _decode(body)
+    error = _classify(http_status, decoded, regain_s=regain_s, requested_metrics=requested_metrics,
+                      www_authenticate=www_authenticate)
+    data = decoded.get("data") if isinstance(decoded, Mapping) else None
+    if isinstance(data, list) and data:
+        # Data beside the error (a 200 page whose JSON also holds an "error" object): kept on the error, so
+        # what was fetched is stored whatever the error means (docs/errors.md).
+        error.partial = [item for item in data if isinstance(item, dict)]
+    return error
+
+
+def _classify(http_status: int, decoded: object, *, regain_s: float | None,
+              requested_metrics: Iterable[str] | None,
+              www_authenticate: str | None) -> exceptions.GraphError:
     error_obj = decoded.get("error") if isinstance(decoded, Mapping) else None
     if not isinstance(error_obj, Mapping) and 400 <= http_status < 500 and www_authenticate:
         error_obj = _envelope_from_header(www_authenticate)

@@ -49,8 +49,9 @@ class JobRun:
         self.user_id = int(self.account.ig_user_id)
 
     def item_failed(self, what: str, error: exceptions.GraphError) -> None:
-        """One item of the job failed for now (retried on the next run). An account-level error (token,
-        permission) is not an item's: it is raised, and fails the job and the account."""
+        """One item of an account-level endpoint (a window, a day, a breakdown) failed for now: retried on
+        the next run. An error that is the account's (token, permission: `account_failure_status`) is not
+        an item's: it is raised, and fails the job and the account (docs/errors.md)."""
         if account_failure_status(error):
             raise error
         self.failures.append(f"{what}: {error.describe()}")
@@ -76,15 +77,48 @@ class Absences:
 
 
 def account_failure_status(error: exceptions.GraphError) -> str | None:
-    """The ig_account.status an error means for the whole account, or None when it is not account-level."""
+    """The ig_account.status an error on an ACCOUNT-LEVEL call (profile, media or stories listing, account
+    insights, demographics) means for the whole account, or None when it is not account-level. On a media's
+    own call only a token error is the account's (`object_reason`)."""
     if isinstance(error, exceptions.TokenInvalid):
-        # 463 is "expired"; a 190 without subcode says so only in its text ("Session has expired on ...").
-        expired = error.subcode == 463 or (
-            error.subcode is None and "session has expired" in str(error).lower())
-        return "token_expired" if expired else "token_invalid"
+        return token_status(error)
     if isinstance(error, exceptions.PermissionDenied):
         return "permission_denied"
     return None
+
+
+def token_status(error: exceptions.TokenInvalid) -> str:
+    """token_expired or token_invalid: 463 is "expired"; a 190 without subcode says so only in its text
+    ("Session has expired on ...")."""
+    expired = error.subcode == 463 or (error.subcode is None and "session has expired" in str(error).lower())
+    return "token_expired" if expired else "token_invalid"
+
+
+def object_reason(error: exceptions.GraphError) -> str | None:
+    """The ig_unavailable reason an error on a media's (or story's) OWN call records for that media, or None
+    when the error is not the media's: a token error is the account's (raised by `JobRun.item_failed`), a
+    throttle or transient fault that outlived its retries is the call's (the job fails, the media is tried
+    again on the next run). Nothing else of the account is touched (docs/errors.md)."""
+    if isinstance(error, exceptions.TokenInvalid | exceptions.Throttled | exceptions.ServerError
+                  | exceptions.GraphTransportError):
+        return None
+    if isinstance(error, exceptions.PermissionDenied):
+        return models.UnavailableReason.PERMISSION_DENIED
+    if isinstance(error, exceptions.NotEnoughViewers):
+        return models.UnavailableReason.NOT_ENOUGH_VIEWERS
+    if isinstance(error, exceptions.PreConversionMedia):
+        return models.UnavailableReason.PRE_CONVERSION
+    if isinstance(error, exceptions.ObjectNotFound | exceptions.InvalidParameter):
+        return models.UnavailableReason.OBJECT_GONE
+    if isinstance(error, exceptions.UnsupportedMetric | exceptions.MetricTypeRequired):
+        return models.UnavailableReason.UNSUPPORTED
+    return models.UnavailableReason.GRAPH_ERROR
+
+
+# Reasons recorded from an error that may not hold at the next refresh: the media's insights are not marked
+# refreshed, so its next media job asks again (the other reasons are Meta's settled answer for the media).
+RETRIED_REASONS = frozenset({models.UnavailableReason.PERMISSION_DENIED,
+                             models.UnavailableReason.GRAPH_ERROR})
 
 
 def permanent(error: exceptions.GraphError) -> bool:
@@ -101,9 +135,11 @@ def scoped(absent: Absences, scope: str, metric: str, reason: str, detail: str |
 
 
 async def bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:
-    """Run `work` for every item, at most `limit` at once; the first error cancels the rest and is raised
-    as itself (not an ExceptionGroup). ShutdownRequested is the exception: it stops taking items, lets the
-    other workers' current items finish, and is raised once they have.
+    """Run `work` for every item, at most `limit` at once. After the first error no new item starts, the
+    items already running finish (what they fetched is handed to the writer, not cancelled away), and the
+    error is raised as itself (not an ExceptionGroup); an account-level Graph error outranks the others.
+    A stop (ShutdownRequested) is such an error: a sibling's request already on the wire gets its answer
+    (and stores it) instead of being cancelled with the group.
 
     `limit` workers take the items in turn, rather than a task per item behind a semaphore: a task and a
     semaphore round per media or day cost ~10 % of the collector's CPU (docs/benchmarks.md).
@@ -115,28 +151,21 @@ async def bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limi
             await work(item)
         return
     pending = iter(queue)
-    stopped: list[exceptions.ShutdownRequested] = []
+    errors: list[Exception] = []
 
     async def worker() -> None:
         for item in pending:
+            if errors:
+                return
             try:
                 await work(item)
-            except exceptions.ShutdownRequested as exc:
-                # A stop ends this worker only: a sibling's request already on the wire gets its answer
-                # (and stores it) instead of being cancelled with the group.
-                stopped.append(exc)
+            except Exception as error:  # kept, raised below once the others are done
+                errors.append(error)
                 return
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(count):
-                group.create_task(worker())
-        if stopped:
-            raise stopped[0]
-    except BaseExceptionGroup as errors:
-        first = errors.exceptions[0]
-        for error in errors.exceptions:  # an account-level Graph error outranks whatever else failed
-            if isinstance(error, exceptions.GraphError) and account_failure_status(error):
-                first = error
-                break
-        raise first from None
+    async with asyncio.TaskGroup() as group:
+        for _ in range(count):
+            group.create_task(worker())
+    if errors:
+        raise next((error for error in errors if isinstance(error, exceptions.GraphError)
+                    and account_failure_status(error)), errors[0])

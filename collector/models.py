@@ -164,6 +164,12 @@ class UnavailableReason(enum.StrEnum):
     NO_DATA = "no_data"  # Meta answered with an empty data set
     OBJECT_GONE = "object_not_found"  # deleted media, or Meta no longer serves it
     DEPRECATED = "deprecated_metric"
+    # The token may not read this object's insights (code 10, 3, 200-299 on the object's own call); retried
+    # at the object's next refresh.
+    PERMISSION_DENIED = "permission_denied"
+    # A permanent Graph answer the collector has no meaning for (an unknown code); retried at the next
+    # refresh.
+    GRAPH_ERROR = "graph_error"
 
 
 class JobStateRow(NamedTuple):

@@ -5,8 +5,11 @@ Only two families are worth another try:
   resets, truncated or non-JSON bodies): exponential backoff with full jitter, `max_attempts` tries in all;
 - throttles (`Throttled`): Meta's own regain estimate when it gave one (capped), else exponential backoff
   from `throttle_base_delay_s`; `throttle_max_attempts` tries in all.
-Everything else (bad parameter, unsupported metric, token, permission, object not found, 2108006, not enough
-viewers) is permanent: retrying cannot change Meta's answer.
+- object not found (`ObjectNotFound`, 100/33): Meta also sends it as a disguised throttle (reference §6.3,
+  airbyte #4028), so it gets `OBJECT_NOT_FOUND_ATTEMPTS` tries in all (the transient backoff between them),
+  then it is taken at its word: the object is gone or not permitted (docs/errors.md).
+Everything else (bad parameter, unsupported metric, token, permission, 2108006, not enough viewers) is
+permanent: retrying cannot change Meta's answer.
 
 The two families count their attempts separately (the caller keeps one counter per family), so a call that
 was throttled twice still gets its full transient budget.
@@ -15,6 +18,9 @@ was throttled twice still gets its full transient budget.
 from __future__ import annotations
 
 from collector import exceptions, settings
+
+# Tries in all of a call answered 100/33: one retry tells a passing disguised throttle from a real absence.
+OBJECT_NOT_FOUND_ATTEMPTS = 2
 
 
 class RetryPolicy:
@@ -49,7 +55,9 @@ class RetryPolicy:
             high = min(self.pause_cap_s, low * 2.0)
             return low + rand * (high - low)
         if is_transient(error):
-            if attempt >= self.max_attempts:
+            limit = (OBJECT_NOT_FOUND_ATTEMPTS if isinstance(error, exceptions.ObjectNotFound)
+                     else self.max_attempts)
+            if attempt >= min(limit, self.max_attempts):
                 return None
             # Full jitter (AWS "Exponential Backoff And Jitter"): uniform in [0, min(cap, base * 2^(n-1))].
             ceiling = min(self.max_delay_s, self.base_delay_s * 2.0 ** (attempt - 1))
@@ -58,5 +66,6 @@ class RetryPolicy:
 
 
 def is_transient(error: exceptions.GraphError) -> bool:
-    """True for the faults another identical try may not meet again."""
-    return isinstance(error, exceptions.ServerError | exceptions.GraphTransportError)
+    """True for the faults another identical try may not meet again (100/33 included: see the module doc)."""
+    return isinstance(error, exceptions.ServerError | exceptions.GraphTransportError
+                      | exceptions.ObjectNotFound)

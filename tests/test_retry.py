@@ -59,7 +59,6 @@ def test_zero_regain_falls_back_to_backoff() -> None:
     exceptions.PermissionDenied("no", code=10),
     exceptions.NotEnoughViewers("few", code=10),
     exceptions.PreConversionMedia("old", code=100, subcode=2108006),
-    exceptions.ObjectNotFound("gone", code=100, subcode=33),
     exceptions.UnsupportedMetric("bad", code=100, metrics=frozenset({"plays"})),
     exceptions.MetricTypeRequired("tv", code=100),
     exceptions.RangeTooLong("long", code=100),
@@ -73,3 +72,12 @@ def test_permanent_errors_never_retried(error: exceptions.GraphError) -> None:
 def test_default_pause_cap_comes_from_rate_limit_settings() -> None:
     policy = retry.RetryPolicy(settings.RetrySettings(throttle_base_delay_s=3000.0))
     assert policy.decide(exceptions.Throttled(code=4), 3, 1.0) == settings.RateLimitSettings().pause_cap_s
+
+
+def test_object_not_found_is_retried_once_then_taken_at_its_word() -> None:
+    """100/33 is sometimes a disguised throttle (reference §6.3): one more try, then permanent."""
+    error = exceptions.ObjectNotFound("gone", code=100, subcode=33)
+    assert retry.is_transient(error)
+    wait = POLICY.decide(error, 1, 0.5)
+    assert wait is not None and wait <= POLICY.max_delay_s
+    assert POLICY.decide(error, retry.OBJECT_NOT_FOUND_ATTEMPTS, 0.5) is None

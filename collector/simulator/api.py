@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from collector.simulator import accounts_api, faults, insights, limits, rules, stats
+from collector.simulator import accounts_api, faults, injected, insights, limits, rules, stats
 from collector.simulator import world as world_mod
 
 _VERSION = re.compile(r"^v\d+\.\d+$")
@@ -130,6 +130,7 @@ class Simulator:
                                    self.options.account_budgets)
         self.faults = faults.Faults(world.seed, self.options.faults)
         self.accounts = accounts_api.AccountsApi(world, self._authenticate)
+        self.injected = injected.Injections()  # answers forced on chosen calls (tests of error scoping)
         self._trace = 0
         self._routes: dict[str, Callable[[_Request], dict[str, Any]]] = {
             "profile": self._profile, "media_object": self._media_object, "media": self._media_list,
@@ -208,6 +209,8 @@ class Simulator:
             headers["Content-Type"] = "text/html"
         else:
             body_bytes = orjson.dumps(body)
+        status, body_bytes = self.injected.answer(req.kind, req.parts, req.params, status, body_bytes,
+                                                  rewritable=req.token is not None and action is None)
         st.by_status[status] += 1
         headers["X-App-Usage"] = orjson.dumps(self.limits.app_usage_header(now)).decode()
         if req.token is not None:
