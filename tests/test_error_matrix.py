@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import secrets
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,10 +24,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+import pytest_asyncio
 
 from collector import catalogue, config, metrics, models, pacific, passes
 from collector.simulator import injected, rules
-from tests import fixtures_sim
+from tests import fixtures_db, fixtures_sim
 from tests.test_reference_collect import frozen_sim, snapshot, wipe
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -252,6 +255,20 @@ def kept(endpoint: str, t: Targets, beside_data: bool) -> Callable[[str, tuple[A
     return rows
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def matrix_db(server_url: str, database_url: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """One migrated database for all the cells, emptied before each (a database per cell costs more than
+    the cell's pass on a busy machine)."""
+    template = urllib.parse.urlsplit(database_url).path.lstrip("/")
+    name = f"igc_matrix_{os.getpid()}_{secrets.token_hex(3)}"
+    async with fixtures_db.scratch_database(server_url, name, template=template) as dsn:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        try:
+            yield dsn, pool
+        finally:
+            await asyncio.wait_for(pool.close(), timeout=10)
+
+
 BASELINE: dict[str, set[tuple[Any, ...]]] = {}
 DATA_TABLES = ("account", "media", "media_insight", "account_insight")
 
@@ -264,7 +281,9 @@ async def run_pass(tmp_path: Path, sim: fixtures_sim.RunningSimulator, dsn: str,
 
 @pytest.mark.parametrize(("error", "endpoint"), list(MATRIX))
 async def test_cell(error: str, endpoint: str, tmp_path: Path, start_simulator: fixtures_sim.StartSimulator,
-                    db_dsn: str, pool: asyncpg.Pool) -> None:
+                    matrix_db: tuple[str, asyncpg.Pool]) -> None:
+    db_dsn, pool = matrix_db
+    await wipe(pool)
     cell = MATRIX[(error, endpoint)]
     scope, _, value = (part.strip() for part in cell.partition(":"))
     spec = ERRORS[error]
