@@ -33,10 +33,11 @@ from tests.test_reference_collect import frozen_sim, snapshot, wipe
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 ENDPOINTS = ("profile", "media", "media_next", "stories", "media_insights", "story_insights",
-             "account_insights", "demographics")
+             "account_series", "account_insights", "demographics")
 JOB_OF = {"profile": models.Job.PROFILE, "media": models.Job.MEDIA, "media_next": models.Job.MEDIA,
           "stories": models.Job.STORIES, "media_insights": models.Job.MEDIA,
-          "story_insights": models.Job.STORIES, "account_insights": models.Job.ACCOUNT_INSIGHTS,
+          "story_insights": models.Job.STORIES, "account_series": models.Job.ACCOUNT_INSIGHTS,
+          "account_insights": models.Job.ACCOUNT_INSIGHTS,
           "demographics": models.Job.DEMOGRAPHICS}
 SECTIONS = {
     "rate_limit": {"account_calls_per_s": 0, "app_calls_per_s": 0, "pause_cap_s": 0.05},
@@ -177,6 +178,8 @@ def injection(endpoint: str, t: Targets, status: int, body: Body, error: Error) 
         "stories": ("stories", t.account, None),
         "media_insights": ("media_insights", t.media, when(lambda q: "breakdown" not in q)),
         "story_insights": ("media_insights", t.story, when(lambda q: "breakdown" not in q)),
+        "account_series": ("account_insights", t.account, when(
+            lambda q: q.get("metric_type") != "total_value" and q.get("period") == "day")),
         "account_insights": ("account_insights", t.account, when(
             lambda q: q.get("metric_type") == "total_value" and q.get("period") == "day")),
         "demographics": ("account_insights", t.account, when(lambda q: q.get("breakdown") == "country")),
@@ -205,6 +208,7 @@ def touched(endpoint: str, t: Targets, scope: str) -> Callable[[str, tuple[Any, 
     """The rows the failing call (and only it) decides: missing or recorded otherwise when it fails. A
     refused breakdown (`metric` scope) is the API's, remembered for every account (docs/errors.md)."""
     day_totals = set(catalogue.ACCOUNT_TOTAL_VALUE)
+    series = set(catalogue.ACCOUNT_TIME_SERIES) | {catalogue.FOLLOWER_COUNT}
     accounts = None if scope == "metric" else t.account
 
     def rows(table: str, row: tuple[Any, ...]) -> bool:
@@ -217,10 +221,11 @@ def touched(endpoint: str, t: Targets, scope: str) -> Callable[[str, tuple[Any, 
                 return row[0] in ids and (table == "media_insight" or endpoint in ("media", "media_next",
                                                                                    "stories"))
             return table == "unavailable" and row[0] == "media" and row[1] in ids
-        if endpoint == "account_insights":
+        if endpoint in ("account_series", "account_insights"):
+            metrics = series if endpoint == "account_series" else day_totals
             if table == "account_insight":
-                return row[0] == t.account and row[2] == "day" and row[1] in day_totals
-            return table == "unavailable" and row[:2] == ("account", t.account) and row[2] in day_totals
+                return row[0] == t.account and row[2] == "day" and row[1] in metrics
+            return table == "unavailable" and row[:2] == ("account", t.account) and row[2] in metrics
         if endpoint == "demographics":
             if table == "account_insight":
                 return accounts in (None, row[0]) and row[4] == "country"
@@ -244,6 +249,9 @@ def kept(endpoint: str, t: Targets, beside_data: bool) -> Callable[[str, tuple[A
             return table in ("media", "media_insight") and row[0] in listing[endpoint]
         if endpoint in ("media_insights", "story_insights"):
             return table == "media" and row[0] in (t.feed if endpoint == "media_insights" else t.stories)
+        if endpoint == "account_series":  # the first series call fails: only what came beside the error
+            return (beside_data and table == "account_insight" and row[0] == t.account and row[2] == "day"
+                    and row[1] in catalogue.ACCOUNT_TIME_SERIES[:1])
         if endpoint == "account_insights":
             return table == "account_insight" and row[0] == t.account and row[2] == "day" and (
                 beside_data or row[1] in series)
