@@ -248,7 +248,7 @@ class Collector:
         refused = self._capabilities.unsupported(*key)
         for metric in refused & set(plan.metrics) if refused else ():
             record(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this media type")
-        settled = answered = True
+        settled = True
         # Why a metric absent from the answer is absent: Meta gave no value, or the error that came with it.
         missing: tuple[str, str] | None = (models.UnavailableReason.NO_DATA, "no value in Meta's answer")
         items: list[dict[str, Any]] | None
@@ -273,7 +273,6 @@ class Collector:
                 log.warning("media_insights_unavailable", ig_user_id=run.account.ig_user_id,
                             media_id=media.media_id, reason=reason, error=exc.describe())
                 settled = False
-            answered = False
             items = exc.partial  # values Meta sent beside its error are stored like any others
             missing = None if reason is None else (reason, exc.describe())
             if items is None and missing is not None:
@@ -289,7 +288,7 @@ class Collector:
                 if missing is not None and metric not in got and not absent.has(metric):
                     record(metric, *missing)
             try:
-                if self._collect.media_breakdowns and answered:
+                if self._collect.media_breakdowns:
                     rows.extend(await self._media_breakdowns(run, media, plan, got=got, absent=absent))
             finally:  # a stop (or a failure) during the breakdowns keeps what was fetched before them
                 if rows:

@@ -49,9 +49,10 @@ class JobRun:
         self.user_id = int(self.account.ig_user_id)
 
     def item_failed(self, what: str, error: exceptions.GraphError) -> None:
-        """One item of an account-level endpoint (a window, a day, a breakdown) failed for now: retried on
-        the next run. An error that is the account's (token, permission: `account_failure_status`) is not
-        an item's: it is raised, and fails the job and the account (docs/errors.md)."""
+        """One item of the job (a window, a day, a breakdown, a media's call) failed for now: retried on the
+        next run. An error that is the account's (`account_failure_status`: a token error, or a permission
+        error on an account-level call) is raised, and fails the job and the account. A media's own call
+        asks `object_reason` first, so only its token errors and outlived faults get here (docs/errors.md)."""
         if account_failure_status(error):
             raise error
         self.failures.append(f"{what}: {error.describe()}")
@@ -81,17 +82,13 @@ def account_failure_status(error: exceptions.GraphError) -> str | None:
     insights, demographics) means for the whole account, or None when it is not account-level. On a media's
     own call only a token error is the account's (`object_reason`)."""
     if isinstance(error, exceptions.TokenInvalid):
-        return token_status(error)
+        # 463 is "expired"; a 190 without subcode says so only in its text ("Session has expired on ...").
+        expired = error.subcode == 463 or (
+            error.subcode is None and "session has expired" in str(error).lower())
+        return "token_expired" if expired else "token_invalid"
     if isinstance(error, exceptions.PermissionDenied):
         return "permission_denied"
     return None
-
-
-def token_status(error: exceptions.TokenInvalid) -> str:
-    """token_expired or token_invalid: 463 is "expired"; a 190 without subcode says so only in its text
-    ("Session has expired on ...")."""
-    expired = error.subcode == 463 or (error.subcode is None and "session has expired" in str(error).lower())
-    return "token_expired" if expired else "token_invalid"
 
 
 def object_reason(error: exceptions.GraphError) -> str | None:

@@ -5,9 +5,9 @@ Only two families are worth another try:
   resets, truncated or non-JSON bodies): exponential backoff with full jitter, `max_attempts` tries in all;
 - throttles (`Throttled`): Meta's own regain estimate when it gave one (capped), else exponential backoff
   from `throttle_base_delay_s`; `throttle_max_attempts` tries in all.
-- object not found (`ObjectNotFound`, 100/33): Meta also sends it as a disguised throttle (reference §6.3,
-  airbyte #4028), so it gets `OBJECT_NOT_FOUND_ATTEMPTS` tries in all (the transient backoff between them),
-  then it is taken at its word: the object is gone or not permitted (docs/errors.md).
+  Object not found (`ObjectNotFound`, 100/33) counts as transient for `OBJECT_NOT_FOUND_ATTEMPTS` tries in
+  all: Meta also sends it as a disguised throttle (reference §6.3, airbyte #4028); after that it is taken at
+  its word, the object is gone or not permitted (docs/errors.md);
 Everything else (bad parameter, unsupported metric, token, permission, 2108006, not enough viewers) is
 permanent: retrying cannot change Meta's answer.
 
