@@ -335,7 +335,10 @@ async def test_cell(error: str, endpoint: str, tmp_path: Path, start_simulator: 
         assert failed_jobs == {(t.account, JOB_OF[endpoint].value)}
         return
     assert not failed_jobs
-    if scope == "object" and not spec.beside_data:
+    if scope == "object" and spec.beside_data:  # the values came beside the error: all stored
+        for table in DATA_TABLES:
+            assert {r for r in got[table] if mine(table, r)} == {r for r in base[table] if mine(table, r)}
+    elif scope == "object":
         target = t.media if endpoint == "media_insights" else t.story
         assert ("media", target, "*", "", value) in got["unavailable"]
     if scope == "metric":
