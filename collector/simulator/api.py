@@ -164,7 +164,11 @@ class Simulator:
         if method == "POST" and not req.parts:
             return self.batch(params, base_url, req.version)
         self.stats.requests += 1
-        return self._call(req)
+        out = self._call(req)
+        # Answers forced on chosen calls (injected.py); never on a bad token or a transport fault.
+        out.status, out.body = self.injected.answer(req.kind, req.parts, req.params, out.status, out.body,
+                                                    rewritable=req.token is not None and out.action is None)
+        return out
 
     def _call(self, req: _Request) -> Outcome:
         arrived = time.monotonic()
@@ -209,8 +213,6 @@ class Simulator:
             headers["Content-Type"] = "text/html"
         else:
             body_bytes = orjson.dumps(body)
-        status, body_bytes = self.injected.answer(req.kind, req.parts, req.params, status, body_bytes,
-                                                  rewritable=req.token is not None and action is None)
         st.by_status[status] += 1
         headers["X-App-Usage"] = orjson.dumps(self.limits.app_usage_header(now)).decode()
         if req.token is not None:

@@ -4,7 +4,8 @@ The simulator's world decides the ordinary errors (tokens, budgets, unsupported 
 viewers); an injection replaces the answer of the calls it matches with whatever Meta may send instead:
 an error envelope (recorded bodies from the reference), a 200 whose JSON is an error, the real page with
 an "error" object beside its data, or a raw body (a 5xx without JSON). The real call is still served first
-(budgets and stats count it), then its answer is swapped: one hook in `api.Simulator._call`.
+(budgets and stats count it), then its answer is swapped: one hook in `api.Simulator.call` (single
+calls; the operations of a batch request are not rewritten).
 
     sim.injected.add(injected.Injection(kind="media_insights", object_id="17900000000000001", status=400,
                                         error=rules.error("(#10) Application does not have permission for "
