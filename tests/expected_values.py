@@ -3,7 +3,7 @@ withholds recorded as unavailable (never as 0). Shared by the tests that run who
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,9 +21,10 @@ def as_number(value: Decimal) -> int | float:
 
 async def assert_stored_exactly(pool: asyncpg.Pool, world: world_mod.World,
                                 good: Sequence[world_mod.SimAccount], *, started_s: float, now: datetime,
-                                backfill_days: int) -> None:
+                                backfill_days: int, withheld: Mapping[str, str] | None = None) -> None:
     """Media, media insights, daily account insights and demographics of the `good` accounts (collected
-    without errors by a pass that started at `started_s`) are exactly the world's."""
+    without errors by a pass that started at `started_s`) are exactly the world's. `withheld`: media id ->
+    the ig_unavailable reason its insights were recorded with instead (an error injected on its call)."""
     cat = catalogue.Catalogue()
     skip = fixtures_sim.boundary_stories(world, good, started_s)
     media_rows = {str(r["media_id"]): r for r in await pool.fetch("SELECT * FROM ig_media")
@@ -53,6 +54,9 @@ async def assert_stored_exactly(pool: asyncpg.Pool, world: world_mod.World,
         assert row["posted_at"] == media.timestamp
         assert row["like_count"] == (None if media.is_story else world.like_count(media))
         reason = world.media_unavailable(media)
+        if withheld and media_id in withheld:
+            assert unavailable[("media", media_id, "*", "")] == withheld[media_id]
+            continue
         if reason == "pre_conversion":
             assert unavailable[("media", media_id, "*", "")] == "posted_before_business_conversion"
             continue

@@ -18,7 +18,6 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from collector import catalogue, config, metrics, models, pacific, passes
+from collector import catalogue, config, metrics, models, passes
 from collector.simulator import injected, rules
-from tests import fixtures_db, fixtures_sim
+from tests import expected_values, fixtures_db, fixtures_sim
 from tests.test_reference_collect import frozen_sim, snapshot, wipe
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -370,7 +369,7 @@ async def test_one_media_permission_error_leaves_every_other_value_of_its_accoun
     other value of the account is stored, exactly the simulator's, and the pass is ok."""
     sim = await frozen_sim(start_simulator, accounts=2, media_per_account=10, seed=52,
                            world_knobs={"low_follower_fraction": 0.0, "pre_conversion_fraction": 0.0})
-    world, cat = sim.world, catalogue.Catalogue()
+    world = sim.world
     account = sim.accounts()[0]
     uid = account.ig_user_id
     media = [*world.media_of(uid), *world.stories_of(uid)]
@@ -384,54 +383,13 @@ async def test_one_media_permission_error_leaves_every_other_value_of_its_accoun
     assert summary.exit_code == 0, summary.accounts_failed
     now = datetime.now(UTC)
 
-    row = await pool.fetchrow("SELECT * FROM ig_account WHERE ig_user_id = $1", int(uid))
-    assert (row["status"], row["username"], row["followers_count"], row["media_count"]) == (
-        "ok", account.username, account.followers_count, account.media_count)
-    assert {str(r["media_id"]) for r in await pool.fetch(
-        "SELECT media_id FROM ig_media WHERE ig_user_id = $1", int(uid))} == {m.media_id for m in media}
-    stored = {(str(r["media_id"]), r["metric"], r["breakdown"], r["dimension"]): r["value"]
-              for r in await pool.fetch("SELECT i.* FROM ig_media_insight i JOIN ig_media m USING (media_id) "
-                                        "WHERE m.ig_user_id = $1", int(uid))}
-    expected: dict[tuple[str, str, str, str], Decimal] = {}
-    for item in media:
-        if item is victim or world.media_unavailable(item):
-            continue
-        supported = world.supported_media_metrics(item, account.login)
-        for metric in set(cat.media_metrics(account.login, item.media_product_type)) & supported:
-            value = world.media_metric_value(item.media_id, metric)
-            expected[(item.media_id, metric, "", "")] = Decimal(str(value))
-        for metric, breakdown in cat.media_breakdowns(item.media_product_type):
-            if metric in supported:
-                for dim, value in world.media_breakdown(item.media_id, metric, breakdown).items():
-                    expected[(item.media_id, metric, breakdown, dim.upper())] = Decimal(value)
-    assert stored == expected
-    reasons = {(r["metric"], r["reason"]) for r in await pool.fetch(
-        "SELECT metric, reason FROM ig_unavailable WHERE object_id = $1", int(victim.media_id))}
-    assert ("*", "permission_denied") in reasons
+    statuses = {str(r["ig_user_id"]): r["status"] for r in await pool.fetch("SELECT * FROM ig_account")}
+    assert statuses == {a.ig_user_id: "ok" for a in sim.accounts()}
+    await expected_values.assert_stored_exactly(pool, world, sim.accounts(), started_s=world.clock(),
+                                                now=now, backfill_days=3,
+                                                withheld={victim.media_id: "permission_denied"})
     refreshed = await pool.fetchval("SELECT insights_refreshed_at FROM ig_media WHERE media_id = $1",
                                     int(victim.media_id))
     assert refreshed is None  # retried at its next refresh
-
-    daily = {(r["metric"], r["end_time"]): r["value"] for r in await pool.fetch(
-        "SELECT metric, end_time, value FROM ig_account_insight WHERE ig_user_id = $1 AND period = 'day' "
-        "AND breakdown = ''", int(uid))}
-    want: dict[tuple[str, datetime], Decimal] = {}
-    for day in pacific.complete_days(now, 3):
-        end = pacific.day_end_utc(day)
-        for metric in (*catalogue.ACCOUNT_TOTAL_VALUE, "reach"):
-            value = world.account_day_value(uid, metric, day)
-            if value is not None:
-                want[(metric, end)] = Decimal(value)
-        if (followers := world.follower_count(uid, day)) is not None:
-            want[(catalogue.FOLLOWER_COUNT, end)] = Decimal(followers)
-    assert daily == want
-    demographics = {(r["metric"], r["breakdown"], r["dimension"]): r["value"] for r in await pool.fetch(
-        "SELECT metric, breakdown, dimension, value FROM ig_account_insight WHERE ig_user_id = $1 "
-        "AND period = 'this_month'", int(uid))}
-    assert demographics == {(metric, breakdown, dim): Decimal(value) for metric in catalogue.DEMOGRAPHICS
-                            for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS
-                            for dim, value in world.demographics(uid, metric, breakdown).items()}
-    assert await pool.fetchval("SELECT count(*) FROM ig_account_insight WHERE ig_user_id = $1 AND "
-                               "metric = 'online_followers'", int(uid)) > 0
     failed = await pool.fetch("SELECT job FROM collector_job_state WHERE last_error IS NOT NULL")
     assert not failed
