@@ -56,7 +56,7 @@ from collector import (
     tokens,
     webhook,
 )
-from collector.storage import db
+from collector.storage import db, token_table
 from collector.storage import writer as storage_writer
 from collector.web import app as web_app
 
@@ -114,6 +114,7 @@ class Daemon:
         self._discovered: dict[str, models.Account] = {}  # from [[tokens]], as of the last discovery
         self._discover_now = asyncio.Event()  # SIGHUP: discover again at once
         self._discovered_once = asyncio.Event()  # the first discovery round has run (or failed)
+        self._token_table: token_table.TokenTable | None = None
         self._freshness: dict[str, object] = {}
         self._pool: asyncpg.Pool | None = None
         self._health_pool: asyncpg.Pool | None = None
@@ -128,8 +129,6 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         try:
-            await asyncio.to_thread(self._tokens.load)
-            self._apply_tokens()
             cfg = self._config
             database = await db.open_database(cfg.database, state_dir=cfg.state_dir)
             async with database:
@@ -144,6 +143,7 @@ class Daemon:
                     if applied:
                         log.info("migrations_applied", names=applied)
                     self._states = await status.load_job_states(database.pool)
+                    await self._open_tokens(database.pool)
                     self._leases = leases.Leases(database.pool, cfg.cluster, self.metrics,
                                                  started_at=self._clock())
                     await self._leases.start()
@@ -518,20 +518,32 @@ class Daemon:
 
     # ------------------------------------------------------------------ tokens
 
+    async def _open_tokens(self, pool: asyncpg.Pool) -> None:
+        """The token records live in PostgreSQL (shared by every instance); a token file of an earlier
+        version is moved in first."""
+        table = token_table.TokenTable(pool, self._tokens)
+        await table.move_file_in()
+        await table.load()
+        self._token_table = table
+        self._apply_tokens()
+
     async def _token_loop(self) -> None:
         await self._discovered_once.wait()  # so discovered accounts' refreshed tokens are not forgotten
         while True:
-            client = self._client
-            if client is not None:
+            client, table = self._client, self._token_table
+            if client is not None and table is not None:
                 try:
-                    changed = await tokens.refresh_round(
+                    await table.load()  # tokens another instance refreshed
+                    self._apply_tokens()
+                    await tokens.refresh_round(
                         self._tokens, list(self._configured.values()), self._clock(),
-                        schedule=self._config.schedule, call=_refresh_call(client), counters=self.metrics)
+                        schedule=self._config.schedule, call=_refresh_call(client), counters=self.metrics,
+                        guard=table.guard)
                 except exceptions.ShutdownRequested:
                     return  # stopping: the refresh is due again after the restart
-                for ig_user_id, account in changed.items():
-                    if ig_user_id in self._accounts:
-                        self._accounts[ig_user_id] = account
+                except exceptions.StorageError as exc:
+                    log.warning("token_round_failed", error=str(exc))
+                self._apply_tokens()
                 self._tokens.forget_except(self._configured)
             await asyncio.sleep(self._token_check_interval_s())
 
