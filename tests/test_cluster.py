@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -34,12 +35,14 @@ from tests.test_daemon import (
     BACKFILL_DAYS,
     JOBS,
     MEDIA_MAX_AGE_DAYS,
+    ROOT,
     WORLD,
     DaemonProcess,
     assert_stored_exactly,
     collected,
     free_port,
     job_states,
+    metric_samples,
     until,
 )
 
@@ -59,6 +62,7 @@ class Node:
 
     dir: Path
     config: Path
+    http_port: int
 
 
 def write_node(base: Path, name: str, dsn: str, sim: fixtures_sim.RunningSimulator,
@@ -69,6 +73,7 @@ def write_node(base: Path, name: str, dsn: str, sim: fixtures_sim.RunningSimulat
     lines = ["ig_user_id,login,access_token", *rows]
     (folder / "accounts.csv").write_text("\n".join(lines) + "\n")
     config = folder / "config.toml"
+    port = free_port()
     config.write_text(f"""
 accounts_file = "accounts.csv"
 state_dir = "state"
@@ -109,12 +114,12 @@ url = "{dsn}"
 connect_timeout_s = 2.0
 
 [http]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{port}"
 
 [cluster]
 lease_s = {LEASE_S}
 """)
-    return Node(folder, config)
+    return Node(folder, config, port)
 
 
 def agent(daemon: DaemonProcess) -> str:
@@ -258,15 +263,19 @@ async def test_killed_and_stopped_instances_are_taken_over(
     accounts = sim.accounts()
     ids = [a.ig_user_id for a in accounts]
     days = pacific.complete_days(datetime.now(UTC), BACKFILL_DAYS)
-    # Started one after the other: the first two take ten accounts each; the third has room for all 30,
-    # so a takeover waits for the lease, never for a free worker.
-    a, b, c = (write_node(tmp_path, name, database, sim, accounts, workers=workers)
-               for name, workers in (("a", 10), ("b", 10), ("c", ACCOUNTS)))
-    [killed] = await start_instances([a], processes)
-    await hold_unfinished(database, ids, instance_id(killed))
-    [stopped] = await start_instances([b], processes)
-    held_by_stopped = await hold_unfinished(database, ids, instance_id(stopped))
+    # The survivor has room for all 30 accounts (a takeover waits for the lease, never for a free worker);
+    # it starts with one account configured, so the other two take the rest, and gets all of them by a
+    # reload (SIGHUP) once those two are in the middle of their accounts' jobs.
+    a, b = (write_node(tmp_path, name, database, sim, accounts, workers=15) for name in "ab")
+    c = write_node(tmp_path, "c", database, sim, accounts[:1], workers=ACCOUNTS)
     [survivor] = await start_instances([c], processes)
+    killed, stopped = await start_instances([a, b], processes)
+    await hold_unfinished(database, ids, instance_id(killed))
+    held_by_stopped = await hold_unfinished(database, ids, instance_id(stopped))
+    write_node(tmp_path, "c-all", database, sim, accounts, workers=ACCOUNTS)
+    (c.dir / "accounts.csv").write_bytes((tmp_path / "c-all" / "accounts.csv").read_bytes())
+    survivor.signal(signal.SIGHUP)
+    await until(lambda: survivor.logged("config_reloaded"), 20, survivor)
 
     # SIGTERM one in the middle of its accounts' jobs: it releases them on the way out, at once.
     stopped.signal(signal.SIGTERM)
@@ -284,6 +293,22 @@ async def test_killed_and_stopped_instances_are_taken_over(
     left_by_stopped = held_by_stopped & await unfinished(database, ids)
 
     await until(lambda: collected(database, ids), PASS_TIMEOUT_S, survivor)
+    samples = await metric_samples(c.http_port)
+    assert samples["ig_collector_lease_takeovers_total"] >= len(held_by_killed)
+    assert samples["ig_collector_lease_claims_total"] >= len(left_by_stopped) + len(held_by_killed)
+    assert samples["ig_collector_lease_renewals_total"] > 0
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "collector", "status", "-c", str(c.config), cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    shown = out.decode().split("Instances sharing this database")[1]
+    # INSTANCE STATE STARTED(n ago) HEARTBEAT(n ago) HELD CLAIMS TAKEOVERS RENEWALS RELEASES LOST
+    rows = {cells[0]: cells for cells in map(str.split, shown.splitlines())
+            if len(cells) == 12 and cells[1] in ("running", "stopped", "silent")}
+    assert rows[instance_id(stopped)][1] == "stopped"
+    assert rows[instance_id(survivor)][1] == "running"
+    assert int(rows[instance_id(survivor)][8]) >= len(held_by_killed)  # its takeovers
     assert await survivor.stop() == 0
 
     calls = calls_by_account(sim.stats.agent_calls)
