@@ -51,14 +51,15 @@ WITH picked AS (
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE collector_lease AS l
+    UPDATE collector_lease
     SET holder = $4, lease_until = now() + $5 * interval '1 second', claimed_at = now()
-    FROM picked WHERE l.ig_user_id = picked.ig_user_id
-    RETURNING l.ig_user_id, l.next_due_at, picked.holder AS previous_holder
+    WHERE ig_user_id = ANY(ARRAY(SELECT ig_user_id FROM picked))  -- by primary key, not a join plan
+    RETURNING ig_user_id, next_due_at
 )
-SELECT c.ig_user_id, c.next_due_at, c.previous_holder,
+SELECT c.ig_user_id, c.next_due_at, p.holder AS previous_holder,
        s.job, s.last_success_at, s.last_attempt_at, s.consecutive_failures
-FROM claimed AS c LEFT JOIN collector_job_state AS s USING (ig_user_id)
+FROM claimed AS c JOIN picked AS p USING (ig_user_id)
+LEFT JOIN collector_job_state AS s USING (ig_user_id)
 """
 
 # Accounts become claimable: new rows get their due time; a free row keeps an earlier due time (LEAST: the
