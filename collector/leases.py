@@ -184,8 +184,9 @@ class Leases:
         return list(self._held)
 
     async def start(self) -> None:
-        """Take back leases an earlier life of this instance id left behind."""
+        """Take back leases an earlier life of this instance id left behind, and record the instance."""
         await self._execute(RELEASE_ALL_SQL, self.instance_id)
+        await self.renew()
 
     async def register(self, next_due: Mapping[str, datetime], now: datetime) -> None:
         """Make accounts claimable (new rows, due times computed at `now`); see REGISTER_SQL."""
