@@ -110,6 +110,7 @@ class Daemon:
         self._releasing: dict[str, datetime] = {}  # finished accounts -> next due, released once committed
         self._due_from: dict[str, datetime] = {}  # held accounts -> their row's next_due_at when claimed
         self._release_wake = asyncio.Event()
+        self._claims_failing = False  # the last claim failed (database unreachable): logged once
         self._tokens = tokens.TokenStore(cfg.state_dir)
         self._discovered: dict[str, models.Account] = {}  # from [[tokens]], as of the last discovery
         self._discover_now = asyncio.Event()  # SIGHUP: discover again at once
@@ -302,8 +303,14 @@ class Daemon:
             room = self._workers - len(self._claimed)
             claims = await lease.claim([int(i) for i in self._accounts], now, room)
         except exceptions.StorageError as exc:
-            log.warning("lease_claim_failed", error=str(exc))
+            if not self._claims_failing:
+                log.warning("lease_claim_failed", error=str(exc), then="retried every tick")
+            self._claims_failing = True
+            self._rerun_held(now)
             return 0
+        if self._claims_failing:
+            log.info("lease_claims_resumed")
+            self._claims_failing = False
         for claim in claims:
             self._merge_states(claim)
             self._due_from[claim.ig_user_id] = claim.due_from
@@ -322,6 +329,22 @@ class Daemon:
             known = self._states.get(key)
             if known is None or _attempted(state) >= _attempted(known):
                 self._states[key] = state
+
+    def _rerun_held(self, now: datetime) -> None:
+        """While no claim can be made (the database is unreachable), accounts this instance still holds,
+        finished but not yet released (the release waits for the writer), go on: their jobs due again (a
+        retry after a failure) run as if claimed anew, for as long as the lease is ours."""
+        lease = self._leases
+        if lease is None:
+            return
+        for ig_user_id, due in list(self._releasing.items()):
+            if len(self._claimed) >= self._workers:
+                break
+            if due <= now and ig_user_id in self._accounts and lease.holds(ig_user_id):
+                del self._releasing[ig_user_id]
+                self._due_from[ig_user_id] = due
+                self._claimed.add(ig_user_id)
+                self._queue.put_nowait(ig_user_id)
 
     def _finished(self, ig_user_id: str) -> None:
         """The account's jobs are done (or will not start here): release it once its states are committed."""
@@ -664,15 +687,20 @@ class Daemon:
         while True:
             await self._release_wake.wait()
             self._release_wake.clear()
-            batch, self._releasing = self._releasing, {}
+            batch = dict(self._releasing)  # finished before the flush: their job states are in it
             try:
                 await writer.flush()
+                # Still waiting (one taken up again meanwhile by _rerun_held is not released).
+                batch = {uid: due for uid, due in batch.items() if self._releasing.get(uid) == due}
                 await lease.release(batch)
             except exceptions.StorageError as exc:
-                log.warning("lease_release_failed", accounts=len(batch), error=str(exc))
-                self._releasing = {**batch, **self._releasing}
+                log.warning("lease_release_failed", accounts=len(self._releasing), error=str(exc))
                 await asyncio.sleep(lease.renew_interval_s)
                 self._release_wake.set()
+                continue
+            for ig_user_id, due in batch.items():
+                if self._releasing.get(ig_user_id) == due:
+                    del self._releasing[ig_user_id]
             self._wake.set()  # released accounts may be claimable again at once
 
     async def _release_leases(self) -> None:

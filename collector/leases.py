@@ -120,7 +120,9 @@ SELECT instance_id, started_at, heartbeat_at, stopped_at, lease_s, claims, takeo
 FROM collector_instance AS i ORDER BY heartbeat_at DESC
 """
 
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError: a statement cut off by a dropped connection ("cannot switch to state ...").
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+              TimeoutError)
 _JOBS = {job.value: job for job in models.Job}
 
 

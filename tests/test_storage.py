@@ -17,11 +17,13 @@ from collector.storage import db, migrations, queries, writer
 EXPECTED_TABLES = {
     "ig_account", "ig_media", "ig_media_insight", "ig_media_insight_history", "ig_account_insight",
     "ig_unavailable", "collector_job_state", "collector_schema_migrations", "collector_discovered_account",
+    "collector_lease", "collector_instance", "collector_token",
 }
 
 
 # Every migration the code ships, in order: a test that applies them from empty must see all of them.
-ALL_MIGRATIONS = ["001_init", "002_unavailable_current", "005_discovered_accounts", "006_web_indexes"]
+ALL_MIGRATIONS = ["001_init", "002_unavailable_current", "004_cluster", "005_discovered_accounts",
+                  "006_web_indexes"]
 
 
 async def tables(conn: asyncpg.Connection) -> set[str]:

@@ -50,7 +50,9 @@ IMPORT_SQL = SAVE_SQL + """WHERE t.refreshed_at IS NULL
     OR (EXCLUDED.refreshed_at IS NOT NULL AND EXCLUDED.refreshed_at > t.refreshed_at)
 """
 
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# InternalClientError: a statement cut off by a dropped connection ("cannot switch to state ...").
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+              TimeoutError)
 
 
 class TokenTable:
