@@ -10,7 +10,8 @@ released with its next due time. Leases are renewed while held; SIGTERM releases
 
 Signals only set events. SIGTERM/SIGINT: stop scheduling, drop queued work that has not started, let
 in-flight jobs finish within `shutdown_grace_s` (the collector starts no new Graph call once stopping),
-cancel what is left, flush the writer (shielded), close the client and the pool, exit 0. A second signal
+cancel what is left, flush the writer (shielded), release every lease (the accounts dropped from the
+queue at once, the others after the flush), close the client and the pool, exit 0. A second signal
 skips the grace period. SIGHUP: reload the config and the accounts file, and discover the accounts of
 [[tokens]] again (also done at start and every `[collect] discovery_interval_s`); an invalid config is
 logged and the old one stays in use; in-flight jobs are not touched.
