@@ -66,6 +66,9 @@ log = structlog.get_logger("collector.daemon")
 EXIT_OK = 0
 EXIT_FATAL = 3
 GAUGE_INTERVAL_S = 5.0
+# The job states of every account are re-read this often for the freshness gauges: the accounts other
+# instances collect would otherwise look stale here.
+STATE_REFRESH_S = 60.0
 TOKEN_CHECK_MAX_S = 3600.0
 RELOAD_STATE_TIMEOUT_S = 5.0  # a reload reading state while the database is down falls back to memory
 # Settings read once at start; a reload that changes them is reported, and they take effect on restart.
@@ -579,7 +582,11 @@ class Daemon:
     # ------------------------------------------------------------------ observability
 
     async def _gauge_loop(self) -> None:
+        refreshed = asyncio.get_running_loop().time()
         while True:
+            if asyncio.get_running_loop().time() - refreshed >= STATE_REFRESH_S:
+                await self._reload_states(list(self._accounts))  # newer-wins merge, errors logged
+                refreshed = asyncio.get_running_loop().time()
             self._update_gauges(self._clock())
             self._notifier.status(self._status_line())
             await asyncio.sleep(GAUGE_INTERVAL_S)
