@@ -67,6 +67,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+LEASE_S = 3.0
+
+
 @dataclass
 class Setup:
     dir: Path
@@ -131,6 +134,11 @@ connect_timeout_s = 2.0
 
 [http]
 listen = "127.0.0.1:{self.http_port}"
+
+[cluster]
+# A daemon killed by a test is replaced by a new instance (another pid): it takes the dead one's leases
+# over after lease_s, so keep that short.
+lease_s = {LEASE_S}
 """)
 
 
