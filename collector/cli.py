@@ -462,7 +462,8 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
              "progress display and print a summary of the stored data."),
     "status": (cmd_status, "show each account's last success, status and next due time",
                "Read per-account and per-job state from the database and print it as a table; with [app] "
-               "configured, also check the Facebook tokens with debug_token and list their problems."),
+               "configured, also check the Facebook tokens with debug_token and list their problems; then "
+               "the daemon instances sharing the database, what each holds and its lease counters."),
     "discover": (cmd_discover, "list the accounts the [[tokens]] reach, without collecting",
                  "Ask every [[tokens]] entry which Instagram accounts it reaches (Facebook Login: "
                  "/me/accounts, every page; Instagram Login: /me) and print what `once` and `run` would "

@@ -38,6 +38,7 @@ _SECTIONS: dict[str, type] = {
     "webhook": settings.WebhookSettings,
     "log": settings.LogSettings,
     "app": settings.AppSettings,
+    "cluster": settings.ClusterSettings,
 }
 _TOP_LEVEL = frozenset({"accounts_file", "state_dir", "accounts", "tokens", *_SECTIONS})
 _TOKEN_KEYS = ("access_token", "access_token_env", "access_token_file")
@@ -56,7 +57,7 @@ _POSITIVE = frozenset({
     "collect.max_concurrent_accounts", "collect.media_concurrency_per_account", "schedule.tick_s",
     "collect.discovery_interval_s",
     "schedule.media_discovery_interval_s", "schedule.stories_interval_s", "schedule.profile_interval_s",
-    "schedule.demographics_interval_s", "webhook.body_max_bytes",
+    "schedule.demographics_interval_s", "webhook.body_max_bytes", "cluster.lease_s",
 })
 _AT_MOST = {"rate_limit.min_rate_fraction": 1.0, "rate_limit.slow_down_at_pct": 100.0,
             "schedule.jitter_fraction": 1.0}
@@ -607,7 +608,16 @@ _SPECIAL: dict[tuple[str, str], Callable[[_Loader, str, object], object]] = {
     ("collect", "metrics"): _metrics_table,
     ("schedule", "media_tiers"): _media_tiers,
 }
+def _check_instance_id(loader: _Loader, source: str, value: str) -> str:
+    if not _INSTANCE_ID.fullmatch(value):
+        raise loader.fail(source, f"expected 1-100 letters, digits or . _ : @ -, got {value!r}")
+    return value
+
+
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._:@-]{1,100}")
+
 _STRING_CHECKS: dict[str, Callable[[_Loader, str, str], str]] = {
+    "cluster.instance_id": _check_instance_id,
     "database.url": _check_dsn,
     "graph.api_version": _check_version,
     "graph.instagram_base_url": _check_url,

@@ -1,15 +1,17 @@
 """`ig-collector run`: the long-running service.
 
-Shape (StyleGuide 8-10): a thin scheduler loop asks `scheduler.next_due` when each (account, job) runs
-next, keeps the answers in a heap, and moves what has come due into a BOUNDED queue, never more than the
-workers can take; N worker tasks run `Collector.run_job`; the collector hands rows and the job state to
-the one `Writer` (which applies backpressure while PostgreSQL is slow or down). State is read from
-`collector_job_state` at start, so a restart resumes; after that the daemon keeps its own copy, updated
-from each job's outcome (the same facts the writer commits).
+Shape (StyleGuide 8-10): a thin scheduler loop claims accounts whose jobs are due from PostgreSQL
+(`leases`: one statement, `FOR UPDATE SKIP LOCKED`, never more than the workers can take), so several
+daemons on one database share the accounts instead of each collecting all of them; N worker tasks take
+a claimed account and run its due jobs (`scheduler.next_due` over the job states the claim returned)
+through `Collector.run_job`; the collector hands rows and the job state to the one `Writer` (which applies
+backpressure while PostgreSQL is slow or down). Once the account's job states are committed its lease is
+released with its next due time. Leases are renewed while held; SIGTERM releases them at once.
 
 Signals only set events. SIGTERM/SIGINT: stop scheduling, drop queued work that has not started, let
 in-flight jobs finish within `shutdown_grace_s` (the collector starts no new Graph call once stopping),
-cancel what is left, flush the writer (shielded), close the client and the pool, exit 0. A second signal
+cancel what is left, flush the writer (shielded), release every lease (the accounts dropped from the
+queue at once, the others after the flush), close the client and the pool, exit 0. A second signal
 skips the grace period. SIGHUP: reload the config and the accounts file, and discover the accounts of
 [[tokens]] again (also done at start and every `[collect] discovery_interval_s`); an invalid config is
 logged and the old one stays in use; in-flight jobs are not touched.
@@ -24,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import heapq
-import itertools
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -43,8 +43,10 @@ from collector import (
     exceptions,
     graph,
     httpserver,
+    leases,
     metrics,
     models,
+    passes,
     ratelimit,
     retry,
     scheduler,
@@ -55,7 +57,7 @@ from collector import (
     tokens,
     webhook,
 )
-from collector.storage import db
+from collector.storage import db, token_table
 from collector.storage import writer as storage_writer
 from collector.web import app as web_app
 
@@ -64,10 +66,13 @@ log = structlog.get_logger("collector.daemon")
 EXIT_OK = 0
 EXIT_FATAL = 3
 GAUGE_INTERVAL_S = 5.0
+# The job states of every account are re-read this often for the freshness gauges: the accounts other
+# instances collect would otherwise look stale here.
+STATE_REFRESH_S = 60.0
 TOKEN_CHECK_MAX_S = 3600.0
 RELOAD_STATE_TIMEOUT_S = 5.0  # a reload reading state while the database is down falls back to memory
 # Settings read once at start; a reload that changes them is reported, and they take effect on restart.
-RESTART_ONLY = ("database", "graph", "rate_limit", "retry", "http", "webhook", "state_dir", "log")
+RESTART_ONLY = ("database", "graph", "rate_limit", "retry", "http", "webhook", "state_dir", "log", "cluster")
 
 Key = tuple[str, models.Job]  # (ig_user_id, job)
 
@@ -98,17 +103,23 @@ class Daemon:
         self._configured: dict[str, models.Account] = {a.ig_user_id: a for a in cfg.accounts}
         self._accounts: dict[str, models.Account] = dict(self._configured)  # with the effective token
         self._states: dict[Key, scheduler.JobState] = {}
-        self._due: dict[Key, tuple[datetime, int]] = {}
-        self._heap: list[tuple[datetime, int, Key]] = []
-        self._seq = itertools.count()
         self._in_flight: set[Key] = set()
         self._workers = max(1, cfg.collect.max_concurrent_accounts)
-        # Bounded: the scheduler never pulls more work than the workers can start (StyleGuide 9).
-        self._queue: asyncio.Queue[Key | None] = asyncio.Queue(maxsize=self._workers)
+        # Claimed accounts waiting for or in a worker. Bounded: the scheduler never claims more accounts
+        # than the workers can start (StyleGuide 9).
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self._workers)
+        self._claimed: set[str] = set()
+        self._leases: leases.Leases | None = None
+        self._unregistered: set[str] = set()  # accounts to make claimable (new, or the schedule changed)
+        self._releasing: dict[str, datetime] = {}  # finished accounts -> next due, released once committed
+        self._due_from: dict[str, datetime] = {}  # held accounts -> their row's next_due_at when claimed
+        self._release_wake = asyncio.Event()
+        self._claims_failing = False  # the last claim failed (database unreachable): logged once
         self._tokens = tokens.TokenStore(cfg.state_dir)
         self._discovered: dict[str, models.Account] = {}  # from [[tokens]], as of the last discovery
         self._discover_now = asyncio.Event()  # SIGHUP: discover again at once
         self._discovered_once = asyncio.Event()  # the first discovery round has run (or failed)
+        self._token_table: token_table.TokenTable | None = None
         self._freshness: dict[str, object] = {}
         self._pool: asyncpg.Pool | None = None
         self._health_pool: asyncpg.Pool | None = None
@@ -123,8 +134,6 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         try:
-            await asyncio.to_thread(self._tokens.load)
-            self._apply_tokens()
             cfg = self._config
             database = await db.open_database(cfg.database, state_dir=cfg.state_dir)
             async with database:
@@ -139,8 +148,15 @@ class Daemon:
                     if applied:
                         log.info("migrations_applied", names=applied)
                     self._states = await status.load_job_states(database.pool)
+                    await self._open_tokens(database.pool)
+                    self._leases = leases.Leases(database.pool, cfg.cluster, self.metrics,
+                                                 started_at=self._clock())
+                    await self._leases.start()
                     self._schedule_all(self._clock())
-                    return await self._run_with(database.pool)
+                    try:
+                        return await self._run_with(database.pool)
+                    finally:
+                        await self._release_leases()
         finally:
             self._uninstall_signals(loop)
 
@@ -151,7 +167,8 @@ class Daemon:
         writer = storage_writer.Writer(pool, buffer_max_rows=max(1, cfg.database.writer_buffer_max_rows),
                                        metrics=self.metrics)
         # The stop event abandons calls waiting on a pause, a backoff or a limiter (graph module docstring).
-        async with graph.GraphClient(cfg.graph, throttle, policy, self.metrics, stop=self._stop) as client:
+        async with graph.GraphClient(cfg.graph, throttle, policy, self.metrics, stop=self._stop,
+                                     instance_id=self._instance_id()) as client:
             writer.start()
             try:
                 self._client, self._writer = client, writer
@@ -188,10 +205,12 @@ class Daemon:
                     tg.create_task(self._token_loop(), name="token-refresh"),
                     tg.create_task(self._gauge_loop(), name="gauges"),
                     tg.create_task(self._discovery_loop(), name="discovery"),
+                    tg.create_task(self._renew_loop(), name="lease-renew"),
+                    tg.create_task(self._release_loop(), name="lease-release"),
                 ]
                 self._notifier.ready(self._status_line())
                 log.info("daemon_ready", accounts=len(self._accounts), workers=self._workers,
-                         config=str(self._path))
+                         config=str(self._path), instance_id=self._instance_id())
                 await self._stop.wait()
                 self._notifier.stopping("draining in-flight jobs")
                 log.info("daemon_stopping", in_flight=len(self._in_flight),
@@ -210,9 +229,10 @@ class Daemon:
         """Drop queued jobs that have not started (they stay due), then give the running ones the grace
         period."""
         while not self._queue.empty():
-            key = self._queue.get_nowait()
-            if key is not None:
-                self._in_flight.discard(key)
+            ig_user_id = self._queue.get_nowait()
+            if ig_user_id is not None:
+                self._claimed.discard(ig_user_id)
+                self._finished(ig_user_id)  # released at once (still due): another instance takes it
         for _ in workers:
             self._queue.put_nowait(None)  # the queue was just emptied and holds one slot per worker
         grace = asyncio.create_task(asyncio.wait(workers, timeout=self._config.schedule.shutdown_grace_s))
@@ -254,41 +274,96 @@ class Daemon:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _push(self, key: Key, due: datetime) -> None:
-        seq = next(self._seq)
-        self._due[key] = (due, seq)
-        heapq.heappush(self._heap, (due, seq, key))
-
     def _schedule_all(self, now: datetime) -> None:
-        for ig_user_id in self._accounts:
-            self._schedule_account(ig_user_id, now)
+        self._unregistered.update(self._accounts)
 
     def _schedule_account(self, ig_user_id: str, now: datetime) -> None:
-        schedule = self._config.schedule
-        for job in models.Job:
-            key = (ig_user_id, job)
-            if key not in self._in_flight:
-                self._push(key, scheduler.next_due(ig_user_id, job, self._states.get(key), now, schedule))
+        """Make the account claimable (by this instance or another) from its stored state."""
+        self._unregistered.add(ig_user_id)
 
-    def _dispatch(self, now: datetime) -> int:
-        """Move due work into the queue while it has room; what does not fit stays due in the heap."""
-        moved = 0
-        while self._heap and self._heap[0][0] <= now and not self._queue.full():
-            due, seq, key = heapq.heappop(self._heap)
-            if self._due.get(key) != (due, seq) or key[0] not in self._accounts:
-                continue  # superseded by a later push, or the account was removed
-            del self._due[key]
-            self._in_flight.add(key)
-            self._queue.put_nowait(key)
-            moved += 1
-        return moved
+    def _account_states(self, ig_user_id: str) -> dict[models.Job, scheduler.JobState]:
+        return {job: state for job in models.Job if (state := self._states.get((ig_user_id, job)))}
+
+    def _account_next_due(self, ig_user_id: str, at: datetime) -> datetime:
+        return leases.next_due(ig_user_id, self._account_states(ig_user_id), at, self._config.schedule)
+
+    def _due_jobs(self, ig_user_id: str, now: datetime) -> list[models.Job]:
+        return leases.due_jobs(ig_user_id, self._account_states(ig_user_id),
+                               self._due_from.get(ig_user_id, now), now, schedule=self._config.schedule,
+                               order=passes.PASS_JOBS)
+
+    async def _claim_due(self, now: datetime) -> int:
+        """Register new accounts, then claim due ones while the workers have room; a database error is
+        logged and retried on the next tick (the claimed work goes on)."""
+        lease = self._leases
+        if lease is None:
+            return 0
+        try:
+            if self._unregistered:
+                batch = {i: self._account_next_due(i, now) for i in self._unregistered if i in self._accounts}
+                await lease.register(batch, now)
+                self._unregistered.difference_update(batch)
+                self._unregistered.intersection_update(self._accounts)
+            room = self._workers - len(self._claimed)
+            claims = await lease.claim([int(i) for i in self._accounts], now, room)
+        except exceptions.StorageError as exc:
+            if not self._claims_failing:
+                log.warning("lease_claim_failed", error=str(exc), then="retried every tick")
+            self._claims_failing = True
+            self._rerun_held(now)
+            return 0
+        if self._claims_failing:
+            log.info("lease_claims_resumed")
+            self._claims_failing = False
+        for claim in claims:
+            self._merge_states(claim)
+            self._due_from[claim.ig_user_id] = claim.due_from
+            if claim.ig_user_id not in self._accounts or not self._due_jobs(claim.ig_user_id, now):
+                self._finished(claim.ig_user_id)  # nothing due after all (a stale next_due_at): give it back
+                continue
+            self._claimed.add(claim.ig_user_id)
+            self._queue.put_nowait(claim.ig_user_id)
+        return len(claims)
+
+    def _merge_states(self, claim: leases.Claim) -> None:
+        """The committed state of a claimed account replaces ours unless ours is newer (our own run whose
+        state is not committed yet: only after a lost lease)."""
+        for job, state in claim.states.items():
+            key = (claim.ig_user_id, job)
+            known = self._states.get(key)
+            if known is None or _attempted(state) >= _attempted(known):
+                self._states[key] = state
+
+    def _rerun_held(self, now: datetime) -> None:
+        """While no claim can be made (the database is unreachable), accounts this instance still holds,
+        finished but not yet released (the release waits for the writer), go on: their jobs due again (a
+        retry after a failure) run as if claimed anew, for as long as the lease is ours."""
+        lease = self._leases
+        if lease is None:
+            return
+        for ig_user_id, due in list(self._releasing.items()):
+            if len(self._claimed) >= self._workers:
+                break
+            if due <= now and ig_user_id in self._accounts and lease.holds(ig_user_id):
+                del self._releasing[ig_user_id]
+                self._due_from[ig_user_id] = due
+                self._claimed.add(ig_user_id)
+                self._queue.put_nowait(ig_user_id)
+
+    def _finished(self, ig_user_id: str) -> None:
+        """The account's jobs are done (or will not start here): release it once its states are committed."""
+        now = self._clock()
+        due_from = self._due_from.pop(ig_user_id, now)
+        if self._leases is not None and self._leases.holds(ig_user_id):
+            self._releasing[ig_user_id] = self._account_next_due(ig_user_id, due_from)
+            self._release_wake.set()
 
     async def _scheduler_loop(self) -> None:
         while not self._stop.is_set():
             if self._reload_requested:
                 self._reload_requested = False
                 await self._reload()
-            self._dispatch(self._clock())
+            await self._claim_due(self._clock())
             self.metrics.queue_depth.labels(queue="jobs").set(self._queue.qsize())
             self._wake.clear()
             try:
@@ -299,14 +374,30 @@ class Daemon:
 
     async def _worker(self) -> None:
         while True:
-            key = await self._queue.get()
-            if key is None:
+            ig_user_id = await self._queue.get()
+            if ig_user_id is None:
                 return
             try:
-                await self._run(key)
+                await self._run_account(ig_user_id)
             finally:
-                self._in_flight.discard(key)
-                self._wake.set()  # the queue has room again
+                self._claimed.discard(ig_user_id)
+                self._wake.set()  # room for another claim
+
+    async def _run_account(self, ig_user_id: str) -> None:
+        """Run the claimed account's due jobs in pass order while the lease holds, then hand it back."""
+        lease = self._leases
+        try:
+            for job in self._due_jobs(ig_user_id, self._clock()):
+                if self._stop.is_set() or lease is None or not lease.holds(ig_user_id):
+                    break
+                key = (ig_user_id, job)
+                self._in_flight.add(key)
+                try:
+                    await self._run(key)
+                finally:
+                    self._in_flight.discard(key)
+        finally:
+            self._finished(ig_user_id)
 
     async def _run(self, key: Key) -> None:
         ig_user_id, job = key
@@ -341,11 +432,7 @@ class Daemon:
                     self.metrics.account_status.labels(ig_user_id=ig_user_id).set(1)
                 elif outcome.account_level:
                     self.metrics.account_status.labels(ig_user_id=ig_user_id).set(0)
-        new_state = state.after(started, succeeded=succeeded)
-        self._states[key] = new_state
-        if ig_user_id in self._accounts and not self._stop.is_set():
-            now = self._clock()
-            self._push(key, scheduler.next_due(ig_user_id, job, new_state, now, self._config.schedule))
+        self._states[key] = state.after(started, succeeded=succeeded)
 
     # ------------------------------------------------------------------ reload
 
@@ -411,10 +498,8 @@ class Daemon:
         tokens_changed = [i for i in after if i in before and after[i].access_token != before[i].access_token]
         self._configured = after
         self._apply_tokens()
-        for ig_user_id in removed:
-            for job in models.Job:
-                # Their state stays known: an account put back later resumes instead of starting over.
-                self._due.pop((ig_user_id, job), None)
+        # Removed accounts are no longer claimed here; their state stays known: an account put back later
+        # resumes instead of starting over.
         if added:
             await self._reload_states(added)
         for ig_user_id in added:
@@ -460,20 +545,32 @@ class Daemon:
 
     # ------------------------------------------------------------------ tokens
 
+    async def _open_tokens(self, pool: asyncpg.Pool) -> None:
+        """The token records live in PostgreSQL (shared by every instance); a token file of an earlier
+        version is moved in first."""
+        table = token_table.TokenTable(pool, self._tokens)
+        await table.move_file_in()
+        await table.load()
+        self._token_table = table
+        self._apply_tokens()
+
     async def _token_loop(self) -> None:
         await self._discovered_once.wait()  # so discovered accounts' refreshed tokens are not forgotten
         while True:
-            client = self._client
-            if client is not None:
+            client, table = self._client, self._token_table
+            if client is not None and table is not None:
                 try:
-                    changed = await tokens.refresh_round(
+                    await table.load()  # tokens another instance refreshed
+                    self._apply_tokens()
+                    await tokens.refresh_round(
                         self._tokens, list(self._configured.values()), self._clock(),
-                        schedule=self._config.schedule, call=_refresh_call(client), counters=self.metrics)
+                        schedule=self._config.schedule, call=_refresh_call(client), counters=self.metrics,
+                        guard=table.guard)
                 except exceptions.ShutdownRequested:
                     return  # stopping: the refresh is due again after the restart
-                for ig_user_id, account in changed.items():
-                    if ig_user_id in self._accounts:
-                        self._accounts[ig_user_id] = account
+                except exceptions.StorageError as exc:
+                    log.warning("token_round_failed", error=str(exc))
+                self._apply_tokens()
                 self._tokens.forget_except(self._configured)
             await asyncio.sleep(self._token_check_interval_s())
 
@@ -485,7 +582,11 @@ class Daemon:
     # ------------------------------------------------------------------ observability
 
     async def _gauge_loop(self) -> None:
+        refreshed = asyncio.get_running_loop().time()
         while True:
+            if asyncio.get_running_loop().time() - refreshed >= STATE_REFRESH_S:
+                await self._reload_states(list(self._accounts))  # newer-wins merge, errors logged
+                refreshed = asyncio.get_running_loop().time()
             self._update_gauges(self._clock())
             self._notifier.status(self._status_line())
             await asyncio.sleep(GAUGE_INTERVAL_S)
@@ -509,8 +610,6 @@ class Daemon:
                 if worst is not None:
                     worst = max(worst, age_s)
             ages[ig_user_id] = worst
-        due = sum(1 for d, _ in self._due.values() if d <= now)
-        self.metrics.queue_depth.labels(queue="due").set(due)
         known = [a for a in ages.values() if a is not None]
         self._freshness = {
             "accounts": len(self._accounts),
@@ -519,7 +618,9 @@ class Daemon:
             "stale_examples": stale[:10],
             "oldest_success_age_s": round(max(known), 1) if known else None,
             "jobs_in_flight": len(self._in_flight),
-            "jobs_due": due,
+            "accounts_claimed": len(self._claimed),
+            "leases_held": len(self._leases.held) if self._leases else 0,
+            "instance_id": self._instance_id(),
         }
 
     def _status_line(self) -> str:
@@ -568,8 +669,64 @@ class Daemon:
     def freshness(self) -> Mapping[str, object]:
         return self._freshness
 
-    def due_times(self) -> dict[Key, datetime]:
-        return {key: due for key, (due, _) in self._due.items()}
+    # ------------------------------------------------------------------ leases
+
+    def _instance_id(self) -> str:
+        return self._leases.instance_id if self._leases else leases.instance_id(self._config.cluster)
+
+    async def _renew_loop(self) -> None:
+        lease = self._leases
+        if lease is None:
+            return
+        while True:
+            try:
+                async with asyncio.timeout(lease.renew_interval_s):
+                    await lease.renew()
+            except (exceptions.StorageError, TimeoutError) as exc:
+                log.warning("lease_renew_failed", error=str(exc) or "timeout", held=len(lease.held))
+            await asyncio.sleep(lease.renew_interval_s)
+
+    async def _release_loop(self) -> None:
+        """Release finished accounts in batches, each once the writer has committed their job states (a
+        claimer reads them: releasing earlier would let it run the same jobs again)."""
+        lease, writer = self._leases, self._writer
+        if lease is None or writer is None:
+            return
+        while True:
+            await self._release_wake.wait()
+            self._release_wake.clear()
+            batch = dict(self._releasing)  # finished before the flush: their job states are in it
+            try:
+                await writer.flush()
+                # Still waiting (one taken up again meanwhile by _rerun_held is not released).
+                batch = {uid: due for uid, due in batch.items() if self._releasing.get(uid) == due}
+                await lease.release(batch)
+            except exceptions.StorageError as exc:
+                log.warning("lease_release_failed", accounts=len(self._releasing), error=str(exc))
+                await asyncio.sleep(lease.renew_interval_s)
+                self._release_wake.set()
+                continue
+            for ig_user_id, due in batch.items():
+                if self._releasing.get(ig_user_id) == due:
+                    del self._releasing[ig_user_id]
+            self._wake.set()  # released accounts may be claimable again at once
+
+    async def _release_leases(self) -> None:
+        """On the way out, after the writer's final flush: give back every lease at once with the next due
+        time of the committed states (unwritten rows: due now), so other instances take over at once."""
+        lease = self._leases
+        if lease is None:
+            return
+        now = self._clock()
+        clean = self._writer is None or self._writer.buffered_rows == 0
+        due = {uid: self._account_next_due(uid, self._due_from.get(uid, now)) if clean else now
+               for uid in lease.held}
+        try:
+            async with asyncio.timeout(RELOAD_STATE_TIMEOUT_S):
+                await lease.release_all(due)
+        except (exceptions.StorageError, TimeoutError) as exc:
+            log.warning("lease_release_failed", accounts=len(due), error=str(exc) or "timeout",
+                        then=f"they expire after lease_s ({lease.lease_s:g} s)")
 
 
 class _Health:

@@ -101,8 +101,12 @@ class GraphClient:
 
     def __init__(self, settings: settings.GraphSettings, throttle: ratelimit.Throttle,
                  retry: retry.RetryPolicy, metrics: metrics.Metrics, *,
-                 rand: Callable[[], float] = random.random, stop: asyncio.Event | None = None) -> None:
+                 rand: Callable[[], float] = random.random, stop: asyncio.Event | None = None,
+                 instance_id: str | None = None) -> None:
         self._settings = settings
+        # The instance id rides in the User-Agent: Meta's and a proxy's logs (and the simulator) can tell
+        # the daemons of one deployment apart.
+        self._user_agent = f"{_USER_AGENT} (instance {instance_id})" if instance_id else _USER_AGENT
         self._throttle = throttle
         self._retry = retry
         self._metrics = metrics
@@ -129,7 +133,7 @@ class GraphClient:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=limit),
             timeout=aiohttp.ClientTimeout(total=self._settings.request_timeout_s),
-            headers={"User-Agent": _USER_AGENT},
+            headers={"User-Agent": self._user_agent},
             raise_for_status=False,
         )
         # Never more tasks in flight than connections: beyond it, aiohttp's connection queue is unfair.

@@ -71,6 +71,25 @@ class Metrics:
         self.webhook_deliveries = prom.Counter(
             "ig_collector_webhook_deliveries", "Webhook deliveries, by outcome", ["outcome"], registry=r)
 
+        # Leases (several instances on one database; collector.leases)
+        self.cluster_info = prom.Gauge(
+            "ig_collector_cluster_info", "This daemon's instance id (value 1)", ["instance_id"], registry=r)
+        self.lease_claims = prom.Counter(
+            "ig_collector_lease_claims", "Accounts claimed by this instance", registry=r)
+        self.lease_takeovers = prom.Counter(
+            "ig_collector_lease_takeovers", "Claims of an account whose holder's lease had expired",
+            registry=r)
+        self.lease_renewals = prom.Counter(
+            "ig_collector_lease_renewals", "Lease renewals (one per held account per renewal round)",
+            registry=r)
+        self.lease_releases = prom.Counter(
+            "ig_collector_lease_releases", "Leases released by this instance", registry=r)
+        self.leases_lost = prom.Counter(
+            "ig_collector_leases_lost", "Leases found taken over by another instance when renewing",
+            registry=r)
+        self.leases_held = prom.Gauge(
+            "ig_collector_leases_held", "Accounts this instance holds now", registry=r)
+
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""
         return bytes(prom.generate_latest(self.registry))

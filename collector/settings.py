@@ -131,6 +131,15 @@ class AppSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Several daemons on one database (collector.leases): who this one is, and how long its claims last."""
+
+    instance_id: str | None = None  # None: "<host name>-<pid>"
+    # A claimed account is taken over by another instance this long after its holder's last renewal.
+    lease_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: Path  # the TOML file
     accounts: tuple[models.Account, ...]
@@ -147,3 +156,4 @@ class Config:
     webhook: WebhookSettings | None = None
     log: LogSettings = LogSettings()
     app: AppSettings = AppSettings()
+    cluster: ClusterSettings = ClusterSettings()

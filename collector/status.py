@@ -3,7 +3,8 @@ due time.
 
 Read from the database (what the daemon committed) and computed with the daemon's own `scheduler`
 functions, so the next due time shown is the one the daemon would choose. Token expiry comes from the
-token store when the caller may read it (the service user).
+token table when the caller may read it (the collector's role). Below the table: the daemon instances
+that share the database, which accounts each holds now, and each one's lease counters (collector.leases).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TextIO
+from typing import Any, TextIO
 
 import asyncpg
 
-from collector import discovery, exceptions, models, scheduler, settings, tokens
-from collector.storage import db, discovered, queries
+from collector import discovery, exceptions, leases, models, scheduler, settings, tokens
+from collector.storage import db, discovered, queries, token_table
 
 Key = tuple[str, models.Job]
 
@@ -52,19 +53,23 @@ async def _load_accounts(pool: asyncpg.Pool) -> dict[str, dict[str, object]]:
 async def main(config: settings.Config, *, out: TextIO | None = None) -> int:
     """Print the table; exit 0 (3 when the database cannot be read: raised as StorageError)."""
     database = await db.open_database(config.database, state_dir=config.state_dir)
+    store: tokens.TokenStore | None = tokens.TokenStore(config.state_dir)
     async with database:
         states = await load_job_states(database.pool)
         accounts = await _load_accounts(database.pool)
         # Accounts found through [[tokens]] are shown too, as the last discovery left them.
         found = discovery.remembered(await discovered.known(database.pool), config.tokens)
+        held = [dict(r.items()) for r in await leases.holders(database.pool)]
+        instances = [dict(r.items()) for r in await leases.instances(database.pool)]
+        try:
+            assert store is not None
+            await token_table.TokenTable(database.pool, store).load()
+        except exceptions.StorageError:
+            store = None  # a role that may not read the tokens: their expiry shows as "?"
     config = dataclasses.replace(config, accounts=discovery.merge(config.accounts, found))
-    store = tokens.TokenStore(config.state_dir)
-    try:
-        store.load()
-        readable = True
-    except (exceptions.ConfigError, PermissionError):
-        readable = False
-    lines = render(config, states, accounts, store if readable else None, datetime.now(UTC))
+    now = datetime.now(UTC)
+    lines = render(config, states, accounts, store, now)
+    lines += render_cluster(held, instances, now)
     (out or sys.stdout).write("\n".join(lines) + "\n")
     return 0
 
@@ -97,6 +102,42 @@ def render(config: settings.Config, states: Mapping[Key, scheduler.JobState],
                if a.ig_user_id in accounts and accounts[a.ig_user_id].get("status") not in (None, "ok")]
     lines.extend(f"{ig_user_id}: {detail}" for ig_user_id, detail in details if detail)
     return lines
+
+
+def render_cluster(held: Sequence[Mapping[str, Any]], instances: Sequence[Mapping[str, Any]],
+                   now: datetime) -> list[str]:
+    """Which instance holds which accounts, and each instance's lease counters (pure)."""
+    if not instances:
+        return []
+    by_holder: dict[str, list[str]] = {}
+    for row in held:
+        if not row["expired"]:
+            by_holder.setdefault(row["holder"], []).append(row["ig_user_id"])
+    expired = [row for row in held if row["expired"]]
+    header = ["INSTANCE", "STATE", "STARTED", "HEARTBEAT", "HELD", "CLAIMS", "TAKEOVERS", "RENEWALS",
+              "RELEASES", "LOST"]
+    table = [header]
+    for row in instances:
+        stale = (now - row["heartbeat_at"]).total_seconds() > row["lease_s"]
+        state = "stopped" if row["stopped_at"] else "silent" if stale else "running"
+        holding = len(by_holder.get(row["instance_id"], []))
+        table.append([row["instance_id"], state, f"{_age(now - row['started_at'])} ago",
+                      f"{_age(now - row['heartbeat_at'])} ago", str(holding),
+                      *(str(row[k]) for k in ("claims", "takeovers", "renewals", "releases", "lost"))])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["", "Instances sharing this database (counters since each one started):"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    for holder, ids in sorted(by_holder.items()):
+        more = f", … ({len(ids)} in all)" if len(ids) > HELD_SHOWN else ""
+        shown = ", ".join(sorted(ids)[:HELD_SHOWN]) + more
+        lines.append(f"{holder} holds: {shown}")
+    if expired:
+        lines.append(f"Expired leases, to be taken over: {len(expired)} "
+                     f"({', '.join(sorted(r['ig_user_id'] for r in expired)[:HELD_SHOWN])})")
+    return lines
+
+
+HELD_SHOWN = 10
 
 
 def _last_success(state: scheduler.JobState | None, now: datetime) -> str:

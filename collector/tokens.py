@@ -2,8 +2,10 @@
 
 Long-lived Instagram Login tokens last 60 days and can be refreshed (reference §7.3: the token must be at
 least 24 h old and unexpired; the new one lasts 60 days from the refresh). The daemon refreshes each one
-when it is older than `schedule.token_refresh_after_days` and keeps the result in `tokens.json` in
-`state_dir` (directory 0700, file 0600, replaced atomically), readable only by the service user.
+when it is older than `schedule.token_refresh_after_days` and keeps the records in PostgreSQL
+(`collector.storage.token_table`: every instance uses the newest token, and one refreshes it, under a row
+lock). `tokens.json` in `state_dir` (directory 0700, file 0600, replaced atomically) is the older home of
+the records: the daemon moves it into the database on its first start.
 
 Which token wins. Each stored record remembers a fingerprint of the *configured* token it descends from.
 While the config still holds that token, the stored (refreshed, newer) one is used; when the operator puts
@@ -42,6 +44,12 @@ RETRY_AFTER_FAILURE = timedelta(hours=6)
 # Performs GET {instagram_base_url}/refresh_access_token?grant_type=ig_refresh_token&access_token=<token>
 # for the account's current token and returns the decoded JSON body (raises a GraphError on failure).
 RefreshCall = Callable[[models.Account], Awaitable[Mapping[str, object]]]
+
+# Serialises one account's refresh between daemon instances. Entered once the store finds the refresh due,
+# it brings the account's record up to date (another instance may have refreshed it already) and yields
+# whether this instance may refresh it now; on exit it persists the record. Without one, the store is
+# saved to its file once at the end of the round.
+RefreshGuard = Callable[[models.Account], contextlib.AbstractAsyncContextManager[bool]]
 
 
 def fingerprint(token: models.Secret) -> str:
@@ -159,6 +167,13 @@ class TokenStore:
     def record(self, ig_user_id: str) -> TokenRecord | None:
         return self._records.get(ig_user_id)
 
+    def put(self, ig_user_id: str, record: TokenRecord) -> None:
+        """Adopt a record read from elsewhere (the database)."""
+        self._records[ig_user_id] = record
+
+    def records(self) -> dict[str, TokenRecord]:
+        return dict(self._records)
+
     def observe(self, account: models.Account, now: datetime) -> TokenRecord:
         """The record for the account's configured token, starting a new one when the configured token is
         new or changed (a changed configured token is newer than anything stored)."""
@@ -228,33 +243,45 @@ class TokenStore:
 
 async def refresh_round(store: TokenStore, accounts: Iterable[models.Account], now: datetime, *,
                         schedule: settings.ScheduleSettings, call: RefreshCall,
-                        counters: metrics.Metrics) -> dict[str, models.Account]:
-    """Refresh every due token, one call at a time (a handful per day), save the store once if anything
-    changed, and update the expiry gauge. Returns the accounts whose token changed, by ig_user_id, carrying
-    their new token. A failure is recorded and logged (without the token) and the other accounts go on."""
+                        counters: metrics.Metrics,
+                        guard: RefreshGuard | None = None) -> dict[str, models.Account]:
+    """Refresh every due token, one call at a time (a handful per day), persist (through `guard`, else by
+    saving the store once if anything changed), and update the expiry gauge. Returns the accounts whose
+    token changed, by ig_user_id, carrying their new token. A failure is recorded and logged (without the
+    token) and the other accounts go on."""
     changed: dict[str, models.Account] = {}
     dirty = False
     for configured in accounts:
         if store.refresh_due(configured, now, schedule):
-            current = store.effective(configured)
-            dirty = True
-            try:
-                body = await call(current)
-                # `refreshed` is keyed by the configured token, so a later restart finds the record.
-                store.refreshed(configured, now, body)
-            except exceptions.GraphError as exc:
-                store.failed(configured, now, exc.describe())
-                log.warning("token_refresh_failed", ig_user_id=configured.ig_user_id, detail=exc.describe())
+            if guard is None:
+                dirty = True
+                await _refresh_one(store, configured, now, call, changed)
             else:
-                changed[configured.ig_user_id] = store.effective(configured)
-                log.info("token_refreshed", ig_user_id=configured.ig_user_id,
-                         expires_in_days=_round(store.expiry_days(configured, now)))
+                async with guard(configured) as ours:
+                    if ours and store.refresh_due(configured, now, schedule):  # still due once up to date
+                        await _refresh_one(store, configured, now, call, changed)
         days = store.expiry_days(configured, now)
         if days is not None:
             counters.token_expiry_days.labels(ig_user_id=configured.ig_user_id).set(days)
     if dirty:
         await asyncio.to_thread(store.save)
     return changed
+
+
+async def _refresh_one(store: TokenStore, configured: models.Account, now: datetime, call: RefreshCall,
+                       changed: dict[str, models.Account]) -> None:
+    current = store.effective(configured)
+    try:
+        body = await call(current)
+        # `refreshed` is keyed by the configured token, so a later restart finds the record.
+        store.refreshed(configured, now, body)
+    except exceptions.GraphError as exc:
+        store.failed(configured, now, exc.describe())
+        log.warning("token_refresh_failed", ig_user_id=configured.ig_user_id, detail=exc.describe())
+    else:
+        changed[configured.ig_user_id] = store.effective(configured)
+        log.info("token_refreshed", ig_user_id=configured.ig_user_id,
+                 expires_in_days=_round(store.expiry_days(configured, now)))
 
 
 def _round(value: float | None) -> float | None:

@@ -67,6 +67,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+LEASE_S = 3.0
+
+
 @dataclass
 class Setup:
     dir: Path
@@ -131,6 +134,11 @@ connect_timeout_s = 2.0
 
 [http]
 listen = "127.0.0.1:{self.http_port}"
+
+[cluster]
+# A daemon killed by a test is replaced by a new instance (another pid): it takes the dead one's leases
+# over after lease_s, so keep that short.
+lease_s = {LEASE_S}
 """)
 
 
@@ -458,18 +466,15 @@ async def test_token_refresh_persists_across_restart(setup: Setup, processes: li
     daemon = DaemonProcess(setup)
     processes.append(daemon)
     await daemon.start()
-    store = setup.dir / "state" / "tokens.json"
 
-    def refreshed() -> bool:
-        if not store.exists():
-            return False
-        data = orjson.loads(store.read_bytes())["accounts"]
-        return all(data.get(a.ig_user_id, {}).get("access_token") for a in accounts)
+    async def refreshed() -> bool:
+        data = await stored_tokens(setup.dsn)
+        return all(data.get(a.ig_user_id) for a in accounts)
 
     await until(refreshed, 20, daemon)
-    assert oct(store.stat().st_mode & 0o777) == "0o600"
-    before = orjson.loads(store.read_bytes())["accounts"]
+    before = await stored_tokens(setup.dsn)
     assert await daemon.stop() == 0
+    assert not (setup.dir / "state" / "tokens.json").exists()  # in the database, not in a file
 
     again = DaemonProcess(setup)
     processes.append(again)
@@ -483,17 +488,27 @@ async def test_token_refresh_persists_across_restart(setup: Setup, processes: li
                    for i in ids)
 
     await until(profile_ran, 10, again)
-    after = orjson.loads(store.read_bytes())["accounts"]
+    after = await stored_tokens(setup.dsn)
 
     # The stored tokens are loaded and not refreshed again (not a week old yet).
-    def tokens_of(data: dict[str, dict[str, str]]) -> dict[str, str]:
-        return {k: v["access_token"] for k, v in data.items()}
-
-    assert tokens_of(after) == tokens_of(before)
+    assert after == before
     assert not again.logged("token_refreshed")
     assert await again.stop() == 0
     for a in accounts:
-        assert before[a.ig_user_id]["access_token"] not in again.log.read_text()
+        assert before[a.ig_user_id] not in again.log.read_text()
+
+
+async def stored_tokens(dsn: str) -> dict[str, str]:
+    """ig_user_id -> the refreshed token stored in collector_token."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('collector_token') IS NOT NULL"):
+            return {}
+        rows = await conn.fetch("SELECT ig_user_id::text AS id, access_token FROM collector_token "
+                                "WHERE access_token IS NOT NULL")
+    finally:
+        await conn.close()
+    return {r["id"]: r["access_token"] for r in rows}
 
 
 def media_insight_answers(sim: fixtures_sim.RunningSimulator) -> set[str]:

@@ -39,3 +39,25 @@ def test_render(tmp_path: Path) -> None:
     assert "never" in row_c and "now" in row_c and "unknown" in row_c  # a new account is due at once
     assert f"{b.ig_user_id}: Error validating access token code=190" in lines
     assert all("IGQ-" not in line for line in lines)
+
+
+def test_render_cluster() -> None:
+    instances = [
+        {"instance_id": "host-a", "started_at": NOW - timedelta(hours=2),
+         "heartbeat_at": NOW - timedelta(seconds=5), "stopped_at": None, "lease_s": 60.0, "claims": 40,
+         "takeovers": 3, "renewals": 500, "releases": 38, "lost": 0},
+        {"instance_id": "host-b", "started_at": NOW - timedelta(hours=3),
+         "heartbeat_at": NOW - timedelta(hours=1), "stopped_at": NOW - timedelta(hours=1), "lease_s": 60.0,
+         "claims": 9, "takeovers": 0, "renewals": 20, "releases": 9, "lost": 1},
+    ]
+    held = [{"ig_user_id": "17841400000000001", "holder": "host-a", "expired": False},
+            {"ig_user_id": "17841400000000002", "holder": "host-c", "expired": True}]
+    lines = status.render_cluster(held, instances, NOW)
+    rows = {cells[0]: cells for cells in map(str.split, lines) if cells and cells[0].startswith("host-")
+            and "holds:" not in cells}
+    assert rows["host-a"][:2] == ["host-a", "running"]
+    assert rows["host-a"][-6:] == ["1", "40", "3", "500", "38", "0"]
+    assert rows["host-b"][1] == "stopped"
+    assert "host-a holds: 17841400000000001" in lines
+    assert any(line.startswith("Expired leases, to be taken over: 1") for line in lines)
+    assert status.render_cluster([], [], NOW) == []

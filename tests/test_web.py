@@ -25,7 +25,6 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import orjson
 import pytest
 
 from tests import fixtures_sim, test_daemon
@@ -176,8 +175,8 @@ async def test_sorting_by_job_state_matches_sql(web: Web) -> None:
 
 async def test_no_token_or_secret_on_any_page(web: Web) -> None:
     secrets = [a.access_token for a in web.sim.accounts()] + [PASSWORD, VERIFY_TOKEN, WEBHOOK_SECRET]
-    store = orjson.loads((web.dir / "state" / "tokens.json").read_bytes())
-    refreshed = [r["access_token"] for r in store["accounts"].values() if r.get("access_token")]
+    refreshed = [r["access_token"] for r in await web.sql(
+        "SELECT access_token FROM collector_token WHERE access_token IS NOT NULL")]
     assert refreshed, "the daemon refreshed Instagram tokens (their expiry is on the overview)"
     secrets += refreshed
     pages = ["/", "/accounts?limit=200", "/accounts?sort=status&desc=1"]

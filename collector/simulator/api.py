@@ -61,6 +61,7 @@ class Options:
     faults: faults.FaultRates = field(default_factory=faults.FaultRates)
     refresh_min_age_s: float = 86400.0  # §7.3: a token must be ≥ 24 h old to refresh; 0 relaxes it
     record_arrivals: bool = False  # keep every try per request identity in `stats.arrivals` (tests)
+    record_agents: bool = False  # keep every call with its User-Agent in `stats.agent_calls` (tests)
 
 
 @dataclass(slots=True)
@@ -126,6 +127,7 @@ class Simulator:
         self.world = world
         self.options = options or Options()
         self.stats = stats.Stats()
+        self._user_agent = ""
         self.limits = limits.Limits(self.options.account_budget, self.options.app_budget,
                                    self.options.account_budgets)
         self.faults = faults.Faults(world.seed, self.options.faults)
@@ -159,7 +161,9 @@ class Simulator:
 
     # --- the one entry point ------------------------------------------------------------------------
 
-    def call(self, method: str, path: str, params: dict[str, str], base_url: str) -> Outcome:
+    def call(self, method: str, path: str, params: dict[str, str], base_url: str,
+             user_agent: str = "") -> Outcome:
+        self._user_agent = user_agent  # of this request and, in a batch, of each operation
         req = _Request(method, path, params, base_url, self.options.default_version)
         if method == "POST" and not req.parts:
             return self.batch(params, base_url, req.version)
@@ -217,11 +221,18 @@ class Simulator:
         headers["X-App-Usage"] = orjson.dumps(self.limits.app_usage_header(now)).decode()
         if req.token is not None:
             ig_user_id = req.token.account.ig_user_id
-            st.by_account[ig_user_id] += 1
+            self._count_account(ig_user_id, arrived)
             buc = self.limits.buc_header(ig_user_id, now)
             headers["X-Business-Use-Case-Usage"] = orjson.dumps(buc).decode()
         transport_action = action if action in ("slow", "drop", "truncate") else None
         return Outcome(status, body_bytes, headers, transport_action)
+
+    def _count_account(self, ig_user_id: str, arrived: float) -> None:
+        """A call made with an account's token: per account and per User-Agent."""
+        self.stats.by_account[ig_user_id] += 1
+        self.stats.by_agent[self._user_agent] += 1
+        if self.options.record_agents:
+            self.stats.agent_calls.append(stats.AgentCall(arrived, self._user_agent, ig_user_id))
 
     def _record(self, req: _Request, request_identity: str, arrived: float, action: str | None,
                 code: int | None) -> None:

@@ -46,7 +46,8 @@ class _Handler:
             spread = self.jitter * (2 * self.random.random() - 1)
             await asyncio.sleep(max(0.0, self.latency_s * (1 + spread)))
         base_url = f"{request.scheme}://{request.host}"
-        out = self.sim.call(request.method, request.path, params, base_url)
+        out = self.sim.call(request.method, request.path, params, base_url,
+                            request.headers.get("User-Agent", ""))
         body = out.body
         if out.action == "slow":
             await asyncio.sleep(self.sim.options.faults.slow_delay_s)

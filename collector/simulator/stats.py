@@ -15,6 +15,14 @@ class Arrival(NamedTuple):
     ig_user_id: str  # the account of the call's token ("" when it had none we know)
 
 
+class AgentCall(NamedTuple):
+    """One Graph call and the User-Agent that made it (recorded only with `Options.record_agents`)."""
+
+    at: float  # time.monotonic() when the simulator served it
+    user_agent: str
+    ig_user_id: str  # the account of the call's token
+
+
 class Stats:
     def __init__(self) -> None:
         self.reset()
@@ -33,6 +41,8 @@ class Stats:
         # request identity (faults.identity) -> every try of it, in arrival order; empty unless recorded.
         # Lets tests check retry timing from the server's side: when each retry arrived, what it met.
         self.arrivals: dict[str, list[Arrival]] = {}
+        self.by_agent: collections.Counter[str] = collections.Counter()  # calls per User-Agent
+        self.agent_calls: list[AgentCall] = []  # every call with its User-Agent; empty unless recorded
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -43,4 +53,5 @@ class Stats:
             "while_blocked": dict(self.while_blocked),
             "while_blocked_total": sum(self.while_blocked.values()),
             "faults": dict(self.faults), "accounts_called": len(self.by_account),
+            "by_agent": dict(self.by_agent),
         }
