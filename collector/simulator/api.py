@@ -57,6 +57,7 @@ class Options:
     account_budget: limits.Budget = field(default_factory=limits.Budget)
     app_budget: limits.Budget = field(default_factory=limits.Budget)
     account_budgets: Mapping[str, limits.Budget] = field(default_factory=dict)  # per ig user id, overrides
+    usage_reporting: limits.Reporting = field(default_factory=limits.Reporting)  # headers late / lagging
     throttle_status: int = 400  # HTTP status of 80002 / 4 answers (Meta: 400, sometimes 403/429)
     faults: faults.FaultRates = field(default_factory=faults.FaultRates)
     refresh_min_age_s: float = 86400.0  # §7.3: a token must be ≥ 24 h old to refresh; 0 relaxes it
@@ -127,7 +128,7 @@ class Simulator:
         self.options = options or Options()
         self.stats = stats.Stats()
         self.limits = limits.Limits(self.options.account_budget, self.options.app_budget,
-                                   self.options.account_budgets)
+                                   self.options.account_budgets, self.options.usage_reporting)
         self.faults = faults.Faults(world.seed, self.options.faults)
         self.accounts = accounts_api.AccountsApi(world, self._authenticate)
         self.injected = injected.Injections()  # answers forced on chosen calls (tests of error scoping)
@@ -214,14 +215,21 @@ class Simulator:
         else:
             body_bytes = orjson.dumps(body)
         st.by_status[status] += 1
-        headers["X-App-Usage"] = orjson.dumps(self.limits.app_usage_header(now)).decode()
-        if req.token is not None:
-            ig_user_id = req.token.account.ig_user_id
-            st.by_account[ig_user_id] += 1
-            buc = self.limits.buc_header(ig_user_id, now)
-            headers["X-Business-Use-Case-Usage"] = orjson.dumps(buc).decode()
+        self._usage_headers(headers, req, now)
         transport_action = action if action in ("slow", "drop", "truncate") else None
         return Outcome(status, body_bytes, headers, transport_action)
+
+    def _usage_headers(self, headers: dict[str, str], req: _Request, now: float) -> None:
+        """The usage headers of one answer (absent while `Options.usage_reporting` holds them back)."""
+        app_usage = self.limits.app_usage_header(now)
+        if app_usage is not None:
+            headers["X-App-Usage"] = orjson.dumps(app_usage).decode()
+        if req.token is not None:
+            ig_user_id = req.token.account.ig_user_id
+            self.stats.by_account[ig_user_id] += 1
+            buc = self.limits.buc_header(ig_user_id, now)
+            if buc is not None:
+                headers["X-Business-Use-Case-Usage"] = orjson.dumps(buc).decode()
 
     def _record(self, req: _Request, request_identity: str, arrived: float, action: str | None,
                 code: int | None) -> None:
