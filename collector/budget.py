@@ -40,9 +40,10 @@ SEND_HISTORY = 1024  # send times are kept for the window estimate only for budg
 class ScopeBudget:
     """Budget accounting of one scope (an app host or an account). Not thread-safe; one event loop."""
 
-    __slots__ = ("_base_pct", "_changed", "_cost", "_fallen", "_lead", "_probe_s", "_reports", "_sends",
-                 "_silent", "_spreading", "_steps", "_untracked", "in_flight", "last_send_at", "margin_calls",
-                 "max_age_s", "max_in_flight", "pct", "reported_at", "window_s")
+    __slots__ = ("_base_pct", "_changed", "_cost", "_fallen", "_lead", "_probe_s", "_report_sent_at",
+                 "_reports", "_sends", "_silent", "_spreading", "_steps", "_untracked", "in_flight",
+                 "last_send_at", "margin_calls", "max_age_s", "max_in_flight", "pct", "reported_at",
+                 "window_s")
 
     def __init__(self, margin_calls: int, max_age_s: float, max_in_flight: int | None = None) -> None:
         self.margin_calls = margin_calls
@@ -64,6 +65,7 @@ class ScopeBudget:
         self._lead = 0
         self._base_pct = 0
         self._reports = 0  # reports since the first one
+        self._report_sent_at = -math.inf  # when the call behind the newest report left
         self._fallen = False
         self._untracked = 0  # sends older than `_sends` whose times were not kept
         self._probe_s = PROBE_FIRST_S
@@ -149,6 +151,8 @@ class ScopeBudget:
             needed = 1 - free + self._aged(now)  # the send whose ageing frees the next call
             if self.window_s is not None and needed <= len(self._sends):
                 at = self._sends[needed - 1] + self.window_s
+            elif self.window_s is not None:  # by then every call we made has aged out
+                at = self.last_send_at + self.window_s
             elif left >= 2:  # window unknown: probe into the margin (ever further apart)
                 at = self.last_send_at + self._probe_s
             else:  # at 100 %: one call after a long silence asks whether it fell
@@ -179,9 +183,16 @@ class ScopeBudget:
         elif self._untracked:
             self._untracked -= 1
 
-    def answered(self, pct: int | None, now: float) -> None:
-        """A call in flight came back (or failed without an answer: `pct` None), with this report."""
+    def answered(self, pct: int | None, now: float, sent_at: float | None = None) -> None:
+        """A call in flight came back (or failed without an answer: `pct` None), with this report. `sent_at`:
+        when it left; a fall reported by a call older than the one behind the current report is stale (a slow
+        answer overtaken by later ones) and only counts as an unreported call."""
         self.in_flight = max(0, self.in_flight - 1)
+        if sent_at is not None and pct is not None and self.pct is not None:
+            if pct < self.pct and sent_at < self._report_sent_at:
+                pct = None
+            else:
+                self._report_sent_at = max(self._report_sent_at, sent_at)
         self.report(pct, now)
 
     def report(self, pct: int | None, now: float) -> None:

@@ -270,7 +270,7 @@ class GraphClient:
             # Everything before the request goes on the wire is a wait that a stop abandons.
             waiting.add(task)
             try:
-                await self._throttle.acquire(host, account_id)
+                sent_at = await self._throttle.acquire(host, account_id)
                 try:  # from here the call holds a budget slot: given back if it does not leave
                     if in_flight.locked():
                         await in_flight.acquire()
@@ -303,7 +303,7 @@ class GraphClient:
                     self._latency(time.perf_counter() - started)
             finally:
                 in_flight.release()
-                regain_s = self._throttle.done(host, account_id, answer)
+                regain_s = self._throttle.done(host, account_id, answer, sent_at)
             if error is None:
                 if versioned:
                     self._check_version(host, headers.get(_VERSION_HEADER))

@@ -240,8 +240,8 @@ class _BudgetGate:
         self.budget.unsent()
         self.pump()
 
-    def answered(self, pct: int | None) -> None:
-        self.budget.answered(pct, self._clock())
+    def answered(self, pct: int | None, sent_at: float | None) -> None:
+        self.budget.answered(pct, self._clock(), sent_at)
         self.pump()
 
     def pump(self) -> None:
@@ -336,7 +336,8 @@ class Throttle:
         """
         return _Slot(self, host, account_id)
 
-    async def acquire(self, host: str, account_id: str | None) -> None:
+    async def acquire(self, host: str, account_id: str | None) -> float:
+        """Wait until a call may leave; returns the clock time it leaves at (for `done`)."""
         app = self._apps.get(host) or self._new_app(host)
         account = None if account_id is None else (
             self._accounts.get(account_id) or self._new_account(account_id))
@@ -382,10 +383,10 @@ class Throttle:
                     account.budget.leave()
                 raise
             if not waited:  # nothing yielded to the loop since the pause check: no pause can have begun
-                return
+                return now
             now = self._clock()
             if app.paused_until <= now and (account is None or account.paused_until <= now):
-                return
+                return now
             app.budget.leave()  # paused meanwhile: give the slots back and wait for the pause
             if account is not None:
                 account.budget.leave()
@@ -401,13 +402,16 @@ class Throttle:
         """
         return self._observe(host, account_id, headers, finished=False)
 
-    def done(self, host: str, account_id: str | None, headers: Mapping[str, str] | None) -> float | None:
-        """The call `acquire` let through is over: answered with `headers`, or None when no answer came
-        (transport error, cancelled). Frees its in-flight budget slots; otherwise as `observe`."""
-        return self._observe(host, account_id, _NO_HEADERS if headers is None else headers, finished=True)
+    def done(self, host: str, account_id: str | None, headers: Mapping[str, str] | None,
+             sent_at: float | None = None) -> float | None:
+        """The call `acquire` let through (at `sent_at`, what it returned) is over: answered with `headers`,
+        or None when no answer came (transport error, cancelled). Frees its in-flight budget slots; otherwise
+        as `observe`."""
+        return self._observe(host, account_id, _NO_HEADERS if headers is None else headers, finished=True,
+                             sent_at=sent_at)
 
     def _observe(self, host: str, account_id: str | None, headers: Mapping[str, str], *,
-                 finished: bool) -> float | None:
+                 finished: bool, sent_at: float | None = None) -> float | None:
         now = self._clock()
         app_value = headers.get(APP_USAGE_HEADER)
         app_pct = None if app_value is None else parse_app_usage(app_value)
@@ -416,7 +420,7 @@ class Throttle:
             app.fraction = self._fraction(app_pct)
             app.usage_pct = app_pct
         if finished:
-            app.budget.answered(None if app_pct is None else int(app_pct))
+            app.budget.answered(None if app_pct is None else int(app_pct), sent_at)
         elif app_pct is not None:
             app.budget.budget.report(int(app_pct), now)
         if account_id is None:
@@ -430,7 +434,7 @@ class Throttle:
             account.fraction = self._fraction(buc_pct)
             account.usage_pct = buc_pct
         if finished:
-            account.budget.answered(None if buc_pct is None else int(buc_pct))
+            account.budget.answered(None if buc_pct is None else int(buc_pct), sent_at)
         elif buc_pct is not None:
             account.budget.budget.report(int(buc_pct), now)
         if regain_s is not None and regain_s > 0:
