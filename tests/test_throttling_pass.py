@@ -245,6 +245,31 @@ async def test_tight_budgets_and_faults_lose_nothing_and_respect_blocks(
     assert checked + reconnects >= sum(snap["faults"].values())
 
 
+@pytest.mark.parametrize("lag_calls", [0, 3])
+async def test_budget_pacing_alone_stays_out_of_blocks(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str, pool: asyncpg.Pool,
+        lag_calls: int) -> None:
+    # No per-second ceiling (the shipped default): only the usage headers pace the calls. 20 calls per
+    # rolling 2 s per account, reports from the 3rd answer on, lagging `lag_calls` answers; 5 % faults.
+    sim = await start_simulator(
+        accounts=8, media_per_account=6, seed=13, world_knobs=WORLD_KNOBS, record_arrivals=True,
+        account_budget=limits.Budget(calls=20, window_s=2.0, block_s=1.0), faults=FIVE_PERCENT,
+        usage_reporting=limits.Reporting(after_calls=2, lag_calls=lag_calls))
+    started_s = sim.world.clock()
+    summary = await run_pass(tmp_path, sim, db_dsn, pool, {
+        "graph": {"request_timeout_s": 0.3},
+        # The world runs 1,800 times faster than Meta's hour: the report age and pause cap scale with it.
+        "rate_limit": {"pause_cap_s": 1.2, "usage_max_age_s": 3.0},
+        "retry": {"base_delay_s": 0.05, "max_delay_s": 0.4, "max_attempts": 6,
+                  "throttle_base_delay_s": 1.0},
+    })
+    snap = sim.stats.snapshot()
+    assert summary.exit_code == 0 and summary.jobs_failed == 0, summary.as_dict()
+    assert await assert_everything_stored_once(pool, sim.world, started_s) > 500
+    assert_ok_once(sim.stats.arrivals)
+    assert snap["while_blocked_total"] < 0.01 * snap["calls"], snap
+
+
 async def test_app_throttle_pauses_the_host_and_every_account_resumes(
         tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str, pool: asyncpg.Pool,
         retry_events: list[RetryEvent]) -> None:
