@@ -93,27 +93,18 @@ class ScopeBudget:
                 return None
             cost = (pct + 1) / max(1, self._reports + 1)
         lag = self._lead if cost >= 1.0 else 0
-        used = pct + cost * lag + min(cost * self._changed, max(0.0, 1.0 - cost))
-        return math.floor((100.0 - used) / cost + 1e-9) + self._aged(now)
-
-    def _aged(self, now: float) -> int:
-        """Our calls counted by the last report that have aged out of the window since (window known)."""
-        window_s = self.window_s
-        if window_s is None:
-            return 0
-        cutoff = now - window_s
-        count = 0
-        for sent_at in self._sends:
-            if sent_at > cutoff:
-                break
-            count += 1
-        return count
+        # Answers without a report cost a call each; reports that repeat the percentage, at most what the
+        # integer hides (with cost >= 1 % a repeat means a call aged out).
+        repeats = self._changed - self._silent
+        used = pct + cost * (lag + self._silent) + min(cost * repeats, max(0.0, 1.0 - cost))
+        return math.floor((100.0 - used) / cost + 1e-9)
 
     def _margin(self) -> int:
         """Calls kept back for reports that lag. Where every call moves the percentage (cost >= 1 %), the lag
-        is measured (`calls_left` counts it) up to one call: one call of margin is enough."""
+        is measured (`calls_left` counts it) up to one call: two calls of margin are enough (one more for a
+        request the transport re-sent unseen)."""
         cost = self._cost
-        return min(1, self.margin_calls) if cost is not None and cost >= 1.0 else self.margin_calls
+        return min(2, self.margin_calls) if cost is not None and cost >= 1.0 else self.margin_calls
 
     def reserve_calls(self) -> int:
         budget = self.budget_calls()
@@ -145,18 +136,10 @@ class ScopeBudget:
         if self.in_flight:  # near the end of the budget: one call at a time, each answer decides
             return None
         self._spreading = True
-        if free > 0:  # the reserve, spread out
+        if free > 0 or left >= self._margin() + 2:  # the reserve, or a probe into the margin: spread out
             at = self.last_send_at + self.spacing_s()
-        else:
-            needed = 1 - free + self._aged(now)  # the send whose ageing frees the next call
-            if self.window_s is not None and needed <= len(self._sends):
-                at = self._sends[needed - 1] + self.window_s
-            elif self.window_s is not None:  # by then every call we made has aged out
-                at = self.last_send_at + self.window_s
-            elif left >= 2:  # window unknown: probe into the margin (ever further apart)
-                at = self.last_send_at + self._probe_s
-            else:  # at 100 %: one call after a long silence asks whether it fell
-                at = self.last_send_at + self.max_age_s
+        else:  # nothing to spare: one call once every call we made can have aged out of the window
+            at = self.last_send_at + (self.max_age_s if self.window_s is None else self.window_s)
         return max(0.0, at - now)
 
     def sent(self, now: float) -> None:
@@ -254,4 +237,4 @@ class ScopeBudget:
             newest_aged = sends.popleft()
         if now > newest_aged:  # an upper bound of the window; the tightest one seen stands
             bound = now - newest_aged
-            self.window_s = bound if self.window_s is None else max(self.window_s, bound)
+            self.window_s = bound if self.window_s is None else min(self.window_s, bound)

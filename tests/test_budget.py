@@ -54,12 +54,12 @@ def test_slow_rise_counts_the_calls_between_reports() -> None:
 def test_in_flight_never_exceeds_the_estimate_minus_margin_and_reserve() -> None:
     scope = fresh(margin=3)
     call(scope, 45, 0.0)
-    call(scope, 50, 0.0)  # 5 % a call: 10 calls left; every call shows, so the reports' lag is measured
+    call(scope, 50, 0.0)  # 5 % a call: 10 calls left; every call shows, so the lag is measured
     sent = 0
     while scope.delay_s(0.0) == 0.0:
         scope.sent(0.0)
         sent += 1
-    assert sent == 10 - 1 - scope.reserve_calls()  # one call of margin left for a lag of one call
+    assert sent == 10 - 2 - scope.reserve_calls()  # two calls of margin: a lag of one call, a re-send
 
 
 def test_small_costs_keep_the_whole_margin() -> None:
