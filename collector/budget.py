@@ -29,7 +29,7 @@ import collections
 import math
 
 COST_STEPS = 4  # rises of the percentage the cost estimate looks back over
-PROBE_FIRST_S = 1.0  # while the window is unknown, the reserve's calls leave this far apart, growing ...
+PROBE_FIRST_S = 2.0  # while the window is unknown, the reserve's calls leave this far apart, growing ...
 PROBE_GROWTH = 2.0  # ... by this factor each ...
 PROBE_MAX_S = 60.0  # ... up to this
 RESERVE_MIN_CALLS = 2  # the spread reserve: at least this many calls ...
@@ -136,7 +136,7 @@ class ScopeBudget:
         if self.in_flight:  # near the end of the budget: one call at a time, each answer decides
             return None
         self._spreading = True
-        if free > 0 or left >= self._margin() + 2:  # the reserve, or a probe into the margin: spread out
+        if free > 0 or left >= 2:  # the reserve, or a probe into the margin (one call spare): spread out
             at = self.last_send_at + self.spacing_s()
         else:  # nothing to spare: one call once every call we made can have aged out of the window
             at = self.last_send_at + (self.max_age_s if self.window_s is None else self.window_s)
@@ -235,6 +235,6 @@ class ScopeBudget:
         newest_aged = sends[0]
         for _ in range(aged):
             newest_aged = sends.popleft()
-        if now > newest_aged:  # an upper bound of the window; the tightest one seen stands
+        if now > newest_aged:  # an upper bound of the window; the largest one seen stands (the safe side)
             bound = now - newest_aged
-            self.window_s = bound if self.window_s is None else min(self.window_s, bound)
+            self.window_s = bound if self.window_s is None else max(self.window_s, bound)
