@@ -361,14 +361,14 @@ def once_run(work: Path, sim: Simulator, dsn_server: str | None,
     try:
         config = write_config(work, sim, dsn, args)
         command = [sys.executable, "-m", "collector", "once", "--config", str(config), "--no-progress"]
-        subprocess.run([sys.executable, "-m", "collector", "migrate", "--config", str(config)], cwd=ROOT,
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "collector", "migrate", "--config", str(config)],
+                       cwd=args.collector_root, check=True, capture_output=True)
         sim.post("/__sim/reset")
         sim.post("/__bench/record?on=1")
         with (work / "once.log").open("w") as log:
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             spawned_at, started = time.time(), time.perf_counter()
-            proc = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            proc = subprocess.run(command, cwd=args.collector_root, stdout=log, stderr=subprocess.STDOUT,
                                   timeout=args.timeout_s, check=False)
             wall_s = time.perf_counter() - started
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -585,6 +585,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info", help="the collector's [log] level (default info)")
     p.add_argument("--small-agency", action="store_true",
                    help="40 accounts x 25 media, 50 ± 10 ms, 7 days: `ig-collector once` spawn to exit")
+    p.add_argument("--collector-root", type=Path, default=ROOT,
+                   help="--small-agency: run `python -m collector` from this checkout (a worktree of main "
+                        "for a before/after)")
     p.add_argument("--scale", type=lambda s: [int(x) for x in s.split(",")],
                    help="comma-separated account counts: collector-only runs, peak RSS for each")
     p.add_argument("--profile", type=Path, help="cProfile the collector pass into this file")
