@@ -7,8 +7,9 @@ possibly a few calls late. It never says how large the budget is, nor how long i
 `ScopeBudget` learns both from what it sees, and `delay_s` says when the next call of the scope may leave:
 
 - **cost per call** (percent): each rise of the reported percentage, over the calls answered since the last
-  change; the largest of the last `COST_STEPS` rises (a rise that coincides with calls ageing out of the
-  window looks cheaper than it is, and a lagging first report spreads one rise over several calls).
+  change; the upper median of the last `COST_STEPS` rises (one rise can mislead either way: calls ageing out
+  of the window make it look cheap, a lagging first report spreads it over several calls, a request the
+  transport re-sent unseen doubles it).
 - **calls left** before 100 %: `(100 - used) / cost`, where `used` is the last report plus the calls answered
   since it, up to the next whole percent (the report is an integer: the truth lies below the next one).
 - **never more in flight than left**: calls in flight plus the one about to leave stay at most the calls left
@@ -206,7 +207,7 @@ class ScopeBudget:
             self._fallen = True
         if pct > previous:
             self._steps.append((pct - previous) / (self._changed + 1))
-            self._cost = max(self._steps)
+            self._cost = sorted(self._steps)[len(self._steps) // 2]
             self._changed = 0
         elif pct < previous:
             self._fell(previous - pct, pruned, now)
