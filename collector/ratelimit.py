@@ -1,4 +1,4 @@
-"""Proactive rate limits, adaptive pacing from Meta's usage headers, and pauses of throttled scopes.
+"""Budget pacing from Meta's usage headers, optional rate ceilings, and pauses of throttled scopes.
 
 Two kinds of scope, each with its own state:
 - `app`: one per Graph host (the app's platform budget is app-wide; each host has its own limiter);
@@ -11,7 +11,14 @@ A call passes `Throttle.slot(host, account_id)` before it leaves the process. Th
 2. acquires the account limiter, then waits for the pacing slot of a scope that usage headers slowed down
    (see `pacing_fraction`; reserved after the limiter, so at the rate in force when the call leaves);
 3. acquires the app limiter (last: a task that still has to wait for its account must not hold an app
-   token meanwhile), and re-checks the pauses, since one may have begun while it waited.
+   token meanwhile), and re-checks the pauses, since one may have begun while it waited;
+4. enters the account's, then the app's budget (`_BudgetGate` around a `budget.ScopeBudget`: the calls in
+   flight never exceed what the usage percentages say is left, minus a margin). From there the call counts
+   as in flight until `Throttle.done`, which the Graph client calls whatever happened (answer, transport
+   error, cancellation): a slot can never leak.
+
+The limiters of steps 2-3 are optional hard ceilings, off by default (rate 0): the budgets of step 4 pace
+the calls.
 
 Bucket sizes are chosen on purpose (limits.md): an `AsyncLimiter(n, t)` lets a full bucket through at
 once. The account bucket is `account_burst` (Meta counts calls over hours; a few back-to-back calls are
