@@ -132,6 +132,8 @@ class ScopeBudget:
         if left is None:
             return 0.0
         free = left - self._margin() - self.in_flight
+        if self._cost is None:  # only the first report's bound: one at a time until a rise shows the cost
+            return 0.0 if free > 0 or not self.in_flight else None
         if free > self.reserve_calls():
             return 0.0
         if self.in_flight:  # near the end of the budget: one call at a time, each answer decides
