@@ -127,8 +127,10 @@ class Simulator:
         self.world = world
         self.options = options or Options()
         self.stats = stats.Stats()
-        self.limits = limits.Limits(self.options.account_budget, self.options.app_budget,
-                                   self.options.account_budgets, self.options.usage_reporting)
+        self.limits = limits.Limits(
+            self.options.account_budget, self.options.app_budget, self.options.account_budgets,
+            self.options.usage_reporting,
+            app_nominal_calls=limits.NOMINAL_APP_CALLS_PER_USER * max(1, world.account_total))
         self.faults = faults.Faults(world.seed, self.options.faults)
         self.accounts = accounts_api.AccountsApi(world, self._authenticate)
         self.injected = injected.Injections()  # answers forced on chosen calls (tests of error scoping)
