@@ -11,7 +11,8 @@ windows) so clients always see realistic percentages.
 
 The usage headers report as Meta does: integer percentages per scope, and optionally (`Reporting`) only
 from a scope's `after_calls`-th answer on (the headers are absent before), and lagging `lag_calls` answers
-behind (each answer reports the usage as it was that many answers of the scope earlier).
+behind (each answer reports the usage as it was that many answers of the scope earlier). An answer of a
+blocked scope always reports it (100 % and the regain time), whatever the reporting.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class Limits:
         else the usage now or as it was `lag_calls` answers ago."""
         current = self.usage(scope, budget, now, nominal_calls)
         scope.answers += 1
+        if scope.blocked_until > now:  # a throttled answer always says so, whatever the reporting
+            return current
         lag = self.reporting.lag_calls
         if lag > 0:
             scope.reported.append(current)
@@ -140,7 +143,5 @@ class Limits:
         if reported is None:
             return None
         pct, regain_min = reported
-        if regain_min == 0 and self.account_scope(ig_user_id).blocked_until > now:
-            regain_min = self.usage(self.account_scope(ig_user_id), self.budget_of(ig_user_id), now)[1]
         return {ig_user_id: [{"type": "instagram", "call_count": pct, "total_cputime": pct // 2,
                               "total_time": pct * 3 // 4, "estimated_time_to_regain_access": regain_min}]}
