@@ -498,15 +498,12 @@ class Collector:
         followers = await self._followers_of(run.account)
         rows: list[models.AccountInsightRow] = []
         absent = jobs.Absences("account", run.user_id, run.now, self._metrics)
-        async def one(pair: tuple[str, str]) -> None:
-            self._check_stop()
-            await self._demographic(run, pair[0], pair[1], followers=followers, rows=rows, absent=absent)
-
-        # One call per (metric, breakdown), at once within the account's bound: a short critical path.
-        pairs = [(metric, breakdown) for metric in self._catalogue.demographics()
-                 for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS]
         try:
-            await jobs.bounded(pairs, one, self._collect.media_concurrency_per_account)
+            for metric in self._catalogue.demographics():
+                for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS:
+                    self._check_stop()
+                    await self._demographic(run, metric, breakdown, followers=followers, rows=rows,
+                                            absent=absent)
             await self._online_followers(run, followers, rows, absent)
         finally:  # an account-level error or a stop ends the job; what was fetched is stored
             if rows:
