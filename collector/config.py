@@ -53,6 +53,7 @@ _POSITIVE = frozenset({
     "database.pool_max_size", "database.connect_timeout_s", "graph.request_timeout_s",
     "graph.max_concurrency",
     "rate_limit.account_burst", "rate_limit.min_rate_fraction", "rate_limit.slow_down_at_pct",
+    "rate_limit.usage_max_age_s", "rate_limit.account_max_in_flight",
     "retry.max_attempts", "retry.throttle_max_attempts", "collect.media_max_age_days",
     "collect.max_concurrent_accounts", "collect.media_concurrency_per_account", "schedule.tick_s",
     "collect.discovery_interval_s",

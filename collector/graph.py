@@ -6,8 +6,9 @@ only in the `access_token` query parameter: they are registered with `redaction`
 messages never contain a query string, and a foreign exception whose text holds the token is replaced by
 a redacted copy before it is chained.
 
-Call path: `Throttle.acquire` (pauses, pacing, limiters) -> semaphore (tasks in flight <= connector limit,
-limits.md) -> HTTP -> usage headers -> decode or classify -> retry policy.
+Call path: `Throttle.acquire` (pauses, pacing, limiters, budgets) -> semaphore (tasks in flight <= connector
+limit, limits.md) -> HTTP -> `Throttle.done` (usage headers; frees the budget slot, whatever happened) ->
+decode or classify -> retry policy.
 
 Stopping: with a `stop` event, every wait of a call that is not on the wire (the throttle's pauses, pacing
 and limiters, the connection semaphore, a retry backoff) is raced against it. Once `stop` is set, those
@@ -273,35 +274,41 @@ class GraphClient:
             # Everything before the request goes on the wire is a wait that a stop abandons.
             waiting.add(task)
             try:
-                await self._throttle.acquire(host, account_id)
-                if in_flight.locked():
-                    await in_flight.acquire()
-                    if self._paused(host, account_id):  # began while this call waited for a connection
-                        in_flight.release()
-                        continue
-                else:
-                    await in_flight.acquire()
+                sent_at = await self._throttle.acquire(host, account_id)
+                try:  # from here the call holds a budget slot: given back if it does not leave
+                    if in_flight.locked():
+                        await in_flight.acquire()
+                        if self._paused(host, account_id):  # began while this call waited for a connection
+                            in_flight.release()
+                            self._throttle.unsent(host, account_id)
+                            continue
+                    else:
+                        await in_flight.acquire()
+                except BaseException:
+                    self._throttle.unsent(host, account_id)
+                    raise
             except asyncio.CancelledError:
                 self._raise_if_abandoned(task)
                 raise
             finally:
                 waiting.discard(task)
             error: exceptions.GraphError | None = None
+            answer: Mapping[str, str] | None = None  # the answer's headers; None: no answer (its budget slot)
             try:
                 started = time.perf_counter()
                 try:
                     async with session.get(url) as response:
                         raw = await response.read()
                         status = response.status
-                        headers = response.headers
+                        headers = answer = response.headers
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     error = self._transport_failure(where, endpoint, exc)
                 finally:
                     self._latency(time.perf_counter() - started)
             finally:
                 in_flight.release()
+                regain_s = self._throttle.done(host, account_id, answer, sent_at)
             if error is None:
-                regain_s = self._throttle.observe(host, account_id, headers)
                 if versioned:
                     self._check_version(host, headers.get(_VERSION_HEADER))
                 decoded: Any = None

@@ -26,8 +26,8 @@ from collector import (
 )
 from collector.storage import writer as storage_writer
 
-# Jobs of one pass, in order: the profile first (a bad token stops the account there; followers_count tells
-# why follower metrics are missing).
+# Jobs of one pass: the profile first (a bad token stops the account there; followers_count tells why follower
+# metrics are missing), then the others at once.
 PASS_JOBS = (models.Job.PROFILE, models.Job.MEDIA, models.Job.STORIES, models.Job.ACCOUNT_INSIGHTS,
              models.Job.DEMOGRAPHICS)
 
@@ -180,17 +180,34 @@ async def _with_discovered(config: settings.Config, client: graph.GraphClient, p
 
 async def _collect_account(collector: collect.Collector, account: models.Account, now: datetime,
                            stop: asyncio.Event) -> str | None:
-    """All jobs of one account in order; returns None when all succeeded, else the account's status."""
-    status: str | None = None
-    for job in PASS_JOBS:
-        if stop.is_set():
+    """All jobs of one account; returns None when all succeeded, else the account's status.
+
+    The profile first: an answer that fails the account (token, permission, gone) stops it there. Then the
+    account's other jobs run concurrently (a pass of a small agency takes a few round trips, not their sum),
+    bounded by the account's budget and `[rate_limit] account_max_in_flight`. A job failing the account does
+    not cancel the others: what they fetch is stored (they fail on their own if the token is dead).
+    """
+    if stop.is_set():
+        return INTERRUPTED
+    try:
+        profile = await collector.run_job(account, models.Job.PROFILE, now)
+    except exceptions.ShutdownRequested:
+        return INTERRUPTED
+    if not profile.ok and profile.account_level:
+        return profile.status
+    if stop.is_set():
+        return INTERRUPTED
+    results = await asyncio.gather(*(collector.run_job(account, job, now) for job in PASS_JOBS[1:]),
+                                   return_exceptions=True)
+    outcomes = [profile]
+    for result in results:
+        if isinstance(result, exceptions.ShutdownRequested):
             return INTERRUPTED
-        try:
-            outcome = await collector.run_job(account, job, now)
-        except exceptions.ShutdownRequested:
-            return INTERRUPTED
-        if not outcome.ok:
-            status = status or outcome.status
-            if outcome.account_level:
-                return outcome.status
-    return status
+        if isinstance(result, BaseException):
+            raise result
+        outcomes.append(result)
+    failed = [outcome for outcome in outcomes if not outcome.ok]
+    if not failed:
+        return None
+    account_level = [outcome for outcome in failed if outcome.account_level]
+    return (account_level or failed)[0].status

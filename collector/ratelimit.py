@@ -1,4 +1,4 @@
-"""Proactive rate limits, adaptive pacing from Meta's usage headers, and pauses of throttled scopes.
+"""Budget pacing from Meta's usage headers, optional rate ceilings, and pauses of throttled scopes.
 
 Two kinds of scope, each with its own state:
 - `app`: one per Graph host (the app's platform budget is app-wide; each host has its own limiter);
@@ -11,7 +11,14 @@ A call passes `Throttle.slot(host, account_id)` before it leaves the process. Th
 2. acquires the account limiter, then waits for the pacing slot of a scope that usage headers slowed down
    (see `pacing_fraction`; reserved after the limiter, so at the rate in force when the call leaves);
 3. acquires the app limiter (last: a task that still has to wait for its account must not hold an app
-   token meanwhile), and re-checks the pauses, since one may have begun while it waited.
+   token meanwhile), and re-checks the pauses, since one may have begun while it waited;
+4. enters the account's, then the app's budget (`_BudgetGate` around a `budget.ScopeBudget`: the calls in
+   flight never exceed what the usage percentages say is left, minus a margin). From there the call counts
+   as in flight until `Throttle.done`, which the Graph client calls whatever happened (answer, transport
+   error, cancellation): a slot can never leak.
+
+The limiters of steps 2-3 are optional hard ceilings, off by default (rate 0): the budgets of step 4 pace
+the calls.
 
 Bucket sizes are chosen on purpose (limits.md): an `AsyncLimiter(n, t)` lets a full bucket through at
 once. The account bucket is `account_burst` (Meta counts calls over hours; a few back-to-back calls are
@@ -42,7 +49,7 @@ from typing import Literal
 import aiolimiter
 import orjson
 
-from collector import metrics, settings
+from collector import budget, metrics, settings
 
 Scope = Literal["app", "account"]
 
@@ -54,6 +61,7 @@ _WAKE_SPREAD_FRACTION = 0.1  # waiters wake within 10 % of the pause length afte
 _WAKE_SPREAD_MAX_S = 2.0  # ... and at most this late
 _MIN_SLEEP_S = 0.001  # uvloop runs shorter timers at once (whole milliseconds): never sleep less
 _USAGE_FIELDS = ("call_count", "total_cputime", "total_time")
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 def pacing_fraction(usage_pct: float, slow_down_at_pct: float, min_rate_fraction: float) -> float:
@@ -198,12 +206,85 @@ class _Gate:
         self._busy = False
 
 
+class _BudgetGate:
+    """FIFO admission of one scope's calls by its `budget.ScopeBudget`: a call leaves when the budget says so;
+    the others wait on a future each, in arrival order, woken when an answer or a timer changes the picture.
+
+    Cancellation-safe: a waiter cancelled while queued is skipped; one cancelled after it was admitted (its
+    future resolved, its slot counted in flight) gives the slot back and passes the turn on.
+    """
+
+    __slots__ = ("_clock", "_queue", "_timer", "budget")
+
+    def __init__(self, scope_budget: budget.ScopeBudget, clock: Callable[[], float]) -> None:
+        self.budget = scope_budget
+        self._clock = clock
+        self._queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def enter(self) -> bool:
+        """Wait until one more call of this scope may leave; it is then counted in flight. True when the
+        caller had to wait (it yielded to the loop)."""
+        if not self._queue:
+            now = self._clock()
+            if self.budget.delay_s(now) == 0.0:  # the hot path: nobody queued, budget left
+                self.budget.sent(now)
+                return False
+        turn = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        self.pump()
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # admitted, then cancelled before it left
+                self.budget.unsent()
+                self.pump()
+            raise
+        return True
+
+    def leave(self) -> None:
+        """An admitted call did not leave after all (a pause began while it waited for another scope)."""
+        self.budget.unsent()
+        self.pump()
+
+    def answered(self, pct: int | None, sent_at: float | None) -> None:
+        self.budget.answered(pct, self._clock(), sent_at)
+        self.pump()
+
+    def pump(self) -> None:
+        """Admit queued callers while the budget allows; otherwise wake up when it may."""
+        queue = self._queue
+        while queue:
+            turn = queue[0]
+            if turn.done():  # cancelled while queued
+                queue.popleft()
+                continue
+            now = self._clock()
+            delay_s = self.budget.delay_s(now)
+            if delay_s == 0.0:
+                queue.popleft()
+                self.budget.sent(now)
+                turn.set_result(None)
+                continue
+            if delay_s is not None:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = asyncio.get_running_loop().call_later(max(_MIN_SLEEP_S, delay_s), self._wake)
+            return
+
+    def _wake(self) -> None:
+        self._timer = None
+        self.pump()
+
+
 class _ScopeState:
-    """Limiter, pause and pacing of one app host or one account."""
+    """Limiter, pause, pacing and budget of one app host or one account."""
 
-    __slots__ = ("fraction", "gate", "next_slot_at", "paused_until", "rate_per_s", "usage_pct")
+    __slots__ = ("budget", "fraction", "gate", "next_slot_at", "paused_until", "rate_per_s", "usage_pct")
 
-    def __init__(self, limiter: aiolimiter.AsyncLimiter | None, rate_per_s: float) -> None:
+    def __init__(self, limiter: aiolimiter.AsyncLimiter | None, rate_per_s: float,
+                 budget_gate: _BudgetGate) -> None:
+        self.budget = budget_gate
         self.gate = None if limiter is None else _Gate(limiter)
         self.rate_per_s = rate_per_s
         self.paused_until = 0.0
@@ -233,7 +314,7 @@ class _Slot:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        return None
+        self._throttle.done(self._host, self._account_id, None)
 
 
 class Throttle:
@@ -262,7 +343,8 @@ class Throttle:
         """
         return _Slot(self, host, account_id)
 
-    async def acquire(self, host: str, account_id: str | None) -> None:
+    async def acquire(self, host: str, account_id: str | None) -> float:
+        """Wait until a call may leave; returns the clock time it leaves at (for `done`)."""
         app = self._apps.get(host) or self._new_app(host)
         account = None if account_id is None else (
             self._accounts.get(account_id) or self._new_account(account_id))
@@ -293,12 +375,28 @@ class Throttle:
             if app.gate is not None:
                 await app.gate.acquire()
                 waited = True
+            if waited:  # a pause may have begun while this task waited for pacing or limiters
+                now = self._clock()
+                if app.paused_until > now or (account is not None and account.paused_until > now):
+                    continue
+            # The budgets last: a slot counts as in flight from here until `done`.
+            waited = False
+            if account is not None:
+                waited = await account.budget.enter()
+            try:
+                waited = await app.budget.enter() or waited
+            except BaseException:
+                if account is not None:
+                    account.budget.leave()
+                raise
             if not waited:  # nothing yielded to the loop since the pause check: no pause can have begun
-                return
-            # A pause may have begun while this task waited for pacing or limiters.
+                return now
             now = self._clock()
             if app.paused_until <= now and (account is None or account.paused_until <= now):
-                return
+                return now
+            app.budget.leave()  # paused meanwhile: give the slots back and wait for the pause
+            if account is not None:
+                account.budget.leave()
 
     # -- adaptation --------------------------------------------------------------------------------------
 
@@ -307,23 +405,45 @@ class Throttle:
 
         `X-App-Usage` paces the app scope of `host`; `X-Business-Use-Case-Usage` paces the account the call
         was made for (whatever ids the header is keyed by: they describe that call's budget) and pauses it
-        when Meta gives a positive time to regain access.
+        when Meta gives a positive time to regain access. Both feed the scopes' budget estimates.
         """
+        return self._observe(host, account_id, headers, finished=False)
+
+    def done(self, host: str, account_id: str | None, headers: Mapping[str, str] | None,
+             sent_at: float | None = None) -> float | None:
+        """The call `acquire` let through (at `sent_at`, what it returned) is over: answered with `headers`,
+        or None when no answer came (transport error, cancelled). Frees its in-flight budget slots; otherwise
+        as `observe`."""
+        return self._observe(host, account_id, _NO_HEADERS if headers is None else headers, finished=True,
+                             sent_at=sent_at)
+
+    def _observe(self, host: str, account_id: str | None, headers: Mapping[str, str], *,
+                 finished: bool, sent_at: float | None = None) -> float | None:
+        now = self._clock()
         app_value = headers.get(APP_USAGE_HEADER)
-        if app_value is not None:
-            app_pct = parse_app_usage(app_value)
-            if app_pct is not None:
-                state = self._apps.get(host) or self._new_app(host)
-                state.fraction = self._fraction(app_pct)
-                state.usage_pct = app_pct
-        buc_value = headers.get(BUC_USAGE_HEADER)
-        if buc_value is None or account_id is None:
+        app_pct = None if app_value is None else parse_app_usage(app_value)
+        app = self._apps.get(host) or self._new_app(host)
+        if app_pct is not None:
+            app.fraction = self._fraction(app_pct)
+            app.usage_pct = app_pct
+        if finished:
+            app.budget.answered(None if app_pct is None else int(app_pct), sent_at)
+        elif app_pct is not None:
+            app.budget.budget.report(int(app_pct), now)
+        if account_id is None:
             return None
-        buc_pct, regain_s = parse_buc_usage(buc_value)
+        buc_value = headers.get(BUC_USAGE_HEADER)
+        buc_pct, regain_s = (None, None) if buc_value is None else parse_buc_usage(buc_value)
+        if buc_pct is None and not finished:
+            return None
+        account = self._accounts.get(account_id) or self._new_account(account_id)
         if buc_pct is not None:
-            state = self._accounts.get(account_id) or self._new_account(account_id)
-            state.fraction = self._fraction(buc_pct)
-            state.usage_pct = buc_pct
+            account.fraction = self._fraction(buc_pct)
+            account.usage_pct = buc_pct
+        if finished:
+            account.budget.answered(None if buc_pct is None else int(buc_pct), sent_at)
+        elif buc_pct is not None:
+            account.budget.budget.report(int(buc_pct), now)
         if regain_s is not None and regain_s > 0:
             self.pause("account", account_id, regain_s)
             return regain_s
@@ -343,6 +463,16 @@ class Throttle:
         return state.paused_until
 
     # -- inspection (tests, /metrics, logs) ----------------------------------------------------------------
+
+    def unsent(self, host: str, account_id: str | None) -> None:
+        """The call `acquire` let through did not leave after all (stopped, or a pause began while it waited
+        for a connection): its budget slots go back, uncounted."""
+        app = self._apps.get(host)
+        if app is not None:
+            app.budget.leave()
+        account = None if account_id is None else self._accounts.get(account_id)
+        if account is not None:
+            account.budget.leave()
 
     def paused_for_s(self, scope: Scope, key: str) -> float:
         """Seconds left in the pause of `scope` `key` (0 when not paused)."""
@@ -383,7 +513,7 @@ class Throttle:
         if rate > 0:
             bucket = max(1.0, rate * _APP_BUCKET_S)
             limiter = aiolimiter.AsyncLimiter(bucket, bucket / rate)
-        state = self._apps[host] = _ScopeState(limiter, rate)
+        state = self._apps[host] = _ScopeState(limiter, rate, self._new_budget(None))
         return state
 
     def _new_account(self, account_id: str) -> _ScopeState:
@@ -392,5 +522,11 @@ class Throttle:
         if rate > 0:
             bucket = float(max(1, self._settings.account_burst))
             limiter = aiolimiter.AsyncLimiter(bucket, bucket / rate)
-        state = self._accounts[account_id] = _ScopeState(limiter, rate)
+        state = self._accounts[account_id] = _ScopeState(limiter, rate,
+                                                         self._new_budget(self._settings.account_max_in_flight))
         return state
+
+    def _new_budget(self, max_in_flight: int | None) -> _BudgetGate:
+        rl = self._settings
+        return _BudgetGate(budget.ScopeBudget(rl.budget_margin_calls, rl.usage_max_age_s, max_in_flight),
+                           self._clock)

@@ -36,10 +36,17 @@ class GraphSettings:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitSettings:
-    # Proactive ceilings; 0 disables a limiter. The per-account one matches Meta's per app+account budget.
-    app_calls_per_s: float = 200.0  # per Graph host
-    account_calls_per_s: float = 5.0
+    # Optional hard ceilings (aiolimiter); 0 disables a limiter (the default: budgets pace the calls).
+    app_calls_per_s: float = 0.0  # per Graph host
+    account_calls_per_s: float = 0.0
     account_burst: int = 5
+    # Budget pacing from the usage headers (collector/budget.py): calls in flight never exceed the calls
+    # estimated left before 100 % minus this margin (reports may lag a few calls) ...
+    budget_margin_calls: int = 3
+    # ... and a scope whose last usage report is older than this is paced as if it had none.
+    usage_max_age_s: float = 60.0
+    # Calls of one account in flight at once, whatever its budget allows (its jobs run concurrently).
+    account_max_in_flight: int = 16
     # Usage (percent, from X-App-Usage / X-Business-Use-Case-Usage) at which pacing starts to slow a scope;
     # the rate falls linearly to `min_rate_fraction` of its ceiling at 100 %.
     slow_down_at_pct: float = 75.0

@@ -2,12 +2,13 @@
 
     .venv/bin/python scripts/bench.py [--accounts 300] [--media 50] [--latency-ms 50] [--concurrency 200]
     .venv/bin/python scripts/bench.py --scale 1000,3000,10000 --media 50    # peak RSS as N grows
+    .venv/bin/python scripts/bench.py --small-agency    # `ig-collector once` spawn to exit, beside the replay
 
 Three processes besides this one (2 cores: the simulator pinned to CPU 0, the measured process to CPU 1):
   1. the simulator (scripts/bench_common.py sim), N accounts x M media at --latency-ms (± --jitter), recording
      every request it serves;
-  2. one full pass (passes.run_pass, as `ig-collector once` runs it) into a fresh PostgreSQL database, rate
-     limiters off (this measures the collector, not Meta's budgets);
+  2. one full pass (passes.run_pass, as `ig-collector once` runs it) into a fresh PostgreSQL database, with
+     the shipped defaults (budget pacing from the usage headers; settings a flag changes are printed);
   3. the baseline: the recorded requests replayed by --concurrency tasks over one aiohttp session, each body
      parsed with orjson and dropped, on the same event loop kind.
 Database: --dsn, else $DATABASE_URL, else postgresql://root@127.0.0.1:5432/test if it answers (a fresh
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import collections
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -48,6 +50,9 @@ SIM_CPU, CLIENT_CPU = 0, 1
 TARGET_CPU_RATIO = 2.0  # collector CPU per call at most 2x the bare loop's
 TARGET_RATE_RATIO = 0.5  # collector calls/s at least 0.5x the bare loop's
 TARGET_RSS_MB = 250.0
+TARGET_SMALL_AGENCY_S = 1.5  # issue 9: `ig-collector once`, spawn to exit
+TARGET_FIRST_CALL_S = 0.3  # issue 9: process start to the first Graph call
+SMALL_AGENCY = {"accounts": 40, "media": 25, "latency_ms": 50.0, "jitter": 0.2, "days": 7}
 PACIFIC = zoneinfo.ZoneInfo("America/Los_Angeles")
 MAX_WINDOW_S = 30 * 86400
 
@@ -175,8 +180,29 @@ def drop_database(dsn: str, name: str) -> None:
     asyncio.run(go())
 
 
+# Flags that are collector settings: (flag attribute, section, key, shipped default).
+SETTING_FLAGS = (("concurrency", "graph", "max_concurrency", 200),
+                 ("max_accounts", "collect", "max_concurrent_accounts", 100),
+                 ("media_concurrency", "collect", "media_concurrency_per_account", 8),
+                 ("days", "collect", "account_backfill_days", 30),
+                 ("log_level", "log", "level", "info"))
+
+
+def non_default(args: argparse.Namespace) -> dict[str, Any]:
+    """The collector settings this run changes from the shipped defaults ("section.key": value)."""
+    return {f"{section}.{key}": getattr(args, flag) for flag, section, key, default in SETTING_FLAGS
+            if getattr(args, flag) != default}
+
+
 def write_config(work: Path, sim: Simulator, dsn: str | None, args: argparse.Namespace) -> Path:
+    """The shipped defaults, plus the database, the simulator's URL and what `non_default` lists."""
     database = f'url = "{dsn}"\n' if dsn else f'embedded_dir = "{work / "postgres"}"\n'
+    sections: dict[str, list[str]] = {}
+    for name, value in non_default(args).items():
+        section, key = name.split(".")
+        sections.setdefault(section, []).append(f"{key} = {orjson.dumps(value).decode()}")
+    graph = "\n".join(sections.pop("graph", []))
+    log = sections.pop("log", [])
     text = f"""state_dir = "{work / 'state'}"
 accounts_file = "{sim.accounts_csv}"
 
@@ -185,21 +211,14 @@ accounts_file = "{sim.accounts_csv}"
 [graph]
 instagram_base_url = "{sim.base_url}"
 facebook_base_url = "{sim.base_url}"
-max_concurrency = {args.concurrency}
-
-[rate_limit]
-app_calls_per_s = 0
-account_calls_per_s = 0
-
-[collect]
-account_backfill_days = {args.days}
-max_concurrent_accounts = {args.max_accounts}
-media_concurrency_per_account = {args.media_concurrency}
+{graph}
 
 [log]
-level = "{args.log_level}"
 json = true
+{chr(10).join(log)}
 """
+    for section, lines in sections.items():
+        text += f"\n[{section}]\n" + "\n".join(lines) + "\n"
     path = work / "config.toml"
     path.write_text(text)
     return path
@@ -333,6 +352,63 @@ def collector_run(work: Path, sim: Simulator, dsn_server: str | None, args: argp
     return child, stats, sim_cpu
 
 
+def once_run(work: Path, sim: Simulator, dsn_server: str | None,
+             args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`ig-collector once` as a user runs it, spawn to exit, recorded for the baseline; returns (figures,
+    simulator stats). The database is migrated first, as after a first start: the figure is a routine pass."""
+    name = f"bench_{os.getpid()}_once_{int(time.time())}"
+    dsn = create_database(dsn_server, name) if dsn_server else None
+    try:
+        config = write_config(work, sim, dsn, args)
+        command = [sys.executable, "-m", "collector", "once", "--config", str(config), "--no-progress"]
+        subprocess.run([sys.executable, "-m", "collector", "migrate", "--config", str(config)],
+                       cwd=args.collector_root, check=True, capture_output=True)
+        sim.post("/__sim/reset")
+        sim.post("/__bench/record?on=1")
+        with (work / "once.log").open("w") as log:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            spawned_at, started = time.time(), time.perf_counter()
+            proc = subprocess.run(command, cwd=args.collector_root, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=args.timeout_s, check=False)
+            wall_s = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        sim.post("/__bench/record?on=0")
+        first = sim.record.with_suffix(".first")
+        first_call_s = float(first.read_text()) - spawned_at if first.exists() else None
+        stats = sim.stats()
+    finally:
+        if dsn_server and not args.keep_db:
+            drop_database(dsn_server, name)
+    figures = {"wall_s": wall_s, "first_call_s": first_call_s, "exit_code": proc.returncode, "cpu_s": cpu_s}
+    return figures, stats
+
+
+def small_agency_main(args: argparse.Namespace, work: Path,
+                      dsn_server: str | None) -> tuple[dict[str, Any], bool]:
+    """40 accounts x 25 media, 50 +- 10 ms, 7 backfill days: `ig-collector once` spawn to exit, beside the
+    bare-aiohttp replay of the same requests."""
+    sim = Simulator(work, args, args.accounts)
+    try:
+        once, stats = once_run(work, sim, dsn_server, args)
+        base, _ = baseline_run(work, sim, args)
+    finally:
+        sim.close()
+    out = {"small_agency": {
+        "params": {k: getattr(args, k) for k in ("accounts", "media", "latency_ms", "jitter", "days")},
+        "non_default": non_default(args), "calls": stats["calls"],
+        "once_wall_s": round(once["wall_s"], 2),
+        "first_graph_call_s": None if once["first_call_s"] is None else round(once["first_call_s"], 3),
+        "once_exit_code": once["exit_code"], "throttled": stats.get("throttled_total"),
+        "once_cpu_s": round(once["cpu_s"], 2), "load_average": os.getloadavg()[0],
+        "baseline_wall_s": round(base.result["wall_s"], 2), "baseline_calls": base.result["calls"],
+        "baseline_concurrency": args.concurrency}}
+    # Exit 1 is the world's doing: its invalid-token accounts fail (as they should).
+    ok = once["exit_code"] in (0, 1) and once["wall_s"] <= TARGET_SMALL_AGENCY_S
+    ok &= once["first_call_s"] is not None and once["first_call_s"] <= TARGET_FIRST_CALL_S
+    return out, ok
+
+
 def baseline_run(work: Path, sim: Simulator,
                  args: argparse.Namespace) -> tuple[ChildResult, tuple[float, float]]:
     sim.post("/__sim/reset")
@@ -432,6 +508,19 @@ def scale_main(args: argparse.Namespace, work: Path, dsn_server: str | None) -> 
 
 
 def print_report(out: dict[str, Any]) -> None:
+    if "small_agency" in out:
+        a = out["small_agency"]
+        p = a["params"]
+        print(f"\nsmall agency: {p['accounts']} accounts x {p['media']} media, {p['latency_ms']} ms ± "
+              f"{p['jitter'] * 100:.0f} %, {p['days']} backfill days; non-default settings: "
+              f"{a['non_default'] or 'none'}")
+        print(f"  ig-collector once  spawn to exit {a['once_wall_s']} s (target <= {TARGET_SMALL_AGENCY_S}), "
+              f"first Graph call after {a['first_graph_call_s']} s (target <= {TARGET_FIRST_CALL_S}), "
+              f"{a['calls']} calls, exit {a['once_exit_code']}, CPU {a['once_cpu_s']} s; "
+              f"load average {a['load_average']:.1f} on {os.cpu_count()} cores")
+        print(f"  bare aiohttp replay of the same {a['baseline_calls']} requests: {a['baseline_wall_s']} s "
+              f"(concurrency {a['baseline_concurrency']})")
+        return
     if "scale" in out:
         print("\nscale (peak RSS as N grows):")
         for row in out["scale"]:
@@ -494,6 +583,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--no-uvloop", action="store_true", help="collector and baseline on the asyncio loop")
     p.add_argument("--log-level", default="info", help="the collector's [log] level (default info)")
+    p.add_argument("--small-agency", action="store_true",
+                   help="40 accounts x 25 media, 50 ± 10 ms, 7 days: `ig-collector once` spawn to exit")
+    p.add_argument("--collector-root", type=Path, default=ROOT,
+                   help="--small-agency: run `python -m collector` from this checkout (a worktree of main "
+                        "for a before/after)")
     p.add_argument("--scale", type=lambda s: [int(x) for x in s.split(",")],
                    help="comma-separated account counts: collector-only runs, peak RSS for each")
     p.add_argument("--profile", type=Path, help="cProfile the collector pass into this file")
@@ -513,7 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     where = f"fresh database on {dsn_server.split('@')[-1]}" if dsn_server else "embedded"
     print(f"work dir {work}; database: {where}", flush=True)
     try:
-        out, ok = (scale_main if args.scale else report_main)(args, work, dsn_server)
+        if args.small_agency:
+            for name, value in SMALL_AGENCY.items():
+                setattr(args, name, value)
+        runner = small_agency_main if args.small_agency else scale_main if args.scale else report_main
+        out, ok = runner(args, work, dsn_server)
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -94,6 +94,7 @@ def sim_main(argv: list[str]) -> int:
         sim_cli.write_accounts(world, args.write_accounts)
     app = server.make_app(world, options)
     recorder: dict[str, IO[str] | None] = {"file": None}
+    first_at = args.record.with_suffix(".first")  # the epoch time of the first request recorded
 
     def control(request: web.Request) -> web.Response:
         """POST /__bench/record?on=1|0: start (truncating) or stop recording; stopping flushes."""
@@ -102,6 +103,7 @@ def sim_main(argv: list[str]) -> int:
             recorder["file"] = None
         if request.query.get("on") == "1":
             recorder["file"] = args.record.open("w", buffering=1 << 20)
+            first_at.unlink(missing_ok=True)
         return web.json_response({"ok": True})
 
     @web.middleware
@@ -112,6 +114,8 @@ def sim_main(argv: list[str]) -> int:
             return control(request)
         response = await handler(request)
         out = recorder["file"]
+        if out is not None and not request.path.startswith("/__") and not first_at.exists():
+            first_at.write_text(f"{time.time()}\n")  # when the first Graph call arrived (start-up time)
         if out is not None and not request.path.startswith("/__"):
             line = f"{request.path_qs}\t{response.status}"
             if request.path.endswith(("/media", "/stories")) and isinstance(response, web.Response):

@@ -42,7 +42,9 @@ SECTIONS = {
     "rate_limit": {"account_calls_per_s": 0, "app_calls_per_s": 0, "pause_cap_s": 0.05},
     "retry": {"base_delay_s": 0.01, "max_delay_s": 0.02, "max_attempts": 2, "throttle_base_delay_s": 0.01,
               "throttle_max_attempts": 2},
-    "collect": {"account_backfill_days": 1, "media_max_age_days": 90},
+    # One account at a time: what one account's refusal teaches ("remembered for the process") reaches the
+    # other only if its calls come later (an account's jobs run at once, so concurrent accounts would race).
+    "collect": {"account_backfill_days": 1, "media_max_age_days": 90, "max_concurrent_accounts": 1},
 }
 WORLD = {"accounts": 2, "media_per_account": 5, "seed": 51,
          "world_knobs": {"empty_page_fraction": 0.0, "low_follower_fraction": 0.0,

@@ -294,7 +294,8 @@ async def test_calls_queued_behind_the_limiter_go_at_the_rate_in_force_when_they
 async def test_contended_limiter_admits_in_arrival_order_and_shares_evenly() -> None:
     # 40 tasks of one account call in a loop against the app limiter (400/s, a bucket of 40): each waits its
     # turn, so over ~0.4 s every task gets the same number of calls, give or take the one in progress.
-    throttle, _ = make_virtual(app_calls_per_s=400.0, account_calls_per_s=0)
+    throttle, _ = make_virtual(app_calls_per_s=400.0, account_calls_per_s=0,
+                               account_max_in_flight=1000)  # no account bound: the gate alone
     order: list[int] = []
     stop = now() + 0.4
 
@@ -358,3 +359,53 @@ async def test_cancelled_waiters_do_not_leak_the_gate() -> None:
     started = now()
     await asyncio.wait_for(call("after"), 1.0)
     assert admitted[-1] == "after" and now() - started < 0.1
+
+
+# -- budget admission (collector/budget.py behind a FIFO gate) -----------------------------------------------
+
+def in_flight(throttle: ratelimit.Throttle, account_id: str) -> int:
+    return throttle._accounts[account_id].budget.budget.in_flight  # the gate's own count
+
+
+async def test_cancelled_budget_waiters_keep_the_fifo_and_leak_no_slot() -> None:
+    throttle, _ = make(FakeClock(), account_max_in_flight=2)
+    await throttle.acquire(HOST, "1")
+    await throttle.acquire(HOST, "1")  # the account's bound: the next ones queue
+    waiters = [asyncio.create_task(throttle.acquire(HOST, "1")) for _ in range(3)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()  # cancelled while queued: skipped
+    await asyncio.sleep(0)
+    throttle.done(HOST, "1", None)  # one call over: one slot, to the first waiter still there
+    await asyncio.sleep(0)
+    assert waiters[1].done() and not waiters[2].done()
+    assert in_flight(throttle, "1") == 2
+    throttle.done(HOST, "1", None)  # the next slot is handed to waiters[2] ...
+    waiters[2].cancel()  # ... which is cancelled before it runs: the slot goes back
+    await asyncio.gather(*waiters, return_exceptions=True)
+    assert in_flight(throttle, "1") == 1
+    throttle.done(HOST, "1", None)
+    assert in_flight(throttle, "1") == 0
+
+
+async def test_budget_holds_calls_at_the_usage_reported() -> None:
+    throttle, _ = make(FakeClock(), budget_margin_calls=3)
+    for pct in (45, 50):  # 5 % a call: 10 calls left, 3 of margin, the spread reserve held back
+        await throttle.acquire(HOST, "1")
+        throttle.done(HOST, "1", {"X-Business-Use-Case-Usage": buc(pct)})
+    admitted = 0
+    waiter = asyncio.create_task(throttle.acquire(HOST, "1"))
+    while True:
+        await asyncio.sleep(0)
+        if not waiter.done():
+            break
+        admitted += 1
+        waiter = asyncio.create_task(throttle.acquire(HOST, "1"))
+    assert 0 < admitted <= 10 - 3
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert in_flight(throttle, "1") == admitted
+
+
+def buc(pct: int) -> str:
+    return ('{"1":[{"type":"instagram","call_count":' + str(pct) + ',"total_cputime":1,"total_time":1,'
+            '"estimated_time_to_regain_access":0}]}')

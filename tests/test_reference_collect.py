@@ -241,7 +241,9 @@ async def test_follower_count_counted_from_now_drops_only_the_oldest_day(
         return None
 
     proxy.before = before
-    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool, account_backfill_days=31)
+    # One account at a time: accounts collected at once may both ask before either has learned.
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool, account_backfill_days=31,
+                             max_concurrent_accounts=1)
     assert summary.exit_code == 0, summary.accounts_failed
     assert len(refused) == 1
     today = pacific.today(datetime.now(UTC))

@@ -60,6 +60,20 @@ async def test_concurrent_migrators_apply_once(empty_db_dsn: str) -> None:
             await c.close()
 
 
+async def test_up_to_date_check_is_one_statement(empty_db_dsn: str) -> None:
+    conn = await asyncpg.connect(empty_db_dsn)
+    try:
+        shipped = migrations.available()
+        assert not await migrations.up_to_date(conn, shipped)  # no table yet
+        await migrations.migrate(conn)
+        assert await migrations.up_to_date(conn, shipped)
+        assert not await migrations.up_to_date(conn, shipped[:-1])  # the database is newer
+        await conn.execute("DELETE FROM collector_schema_migrations WHERE version = $1", shipped[-1].version)
+        assert not await migrations.up_to_date(conn, shipped)  # one pending
+    finally:
+        await conn.close()
+
+
 async def test_changed_migration_is_refused(pool: asyncpg.Pool) -> None:
     await pool.execute("UPDATE collector_schema_migrations SET checksum = 'edited' WHERE version = 1")
     async with pool.acquire() as conn:

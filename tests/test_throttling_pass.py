@@ -245,13 +245,42 @@ async def test_tight_budgets_and_faults_lose_nothing_and_respect_blocks(
     assert checked + reconnects >= sum(snap["faults"].values())
 
 
+@pytest.mark.parametrize("lag_calls", [0, 3])
+async def test_budget_pacing_alone_stays_out_of_blocks(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str, pool: asyncpg.Pool,
+        lag_calls: int) -> None:
+    # No per-second ceiling (the shipped default): only the usage headers pace the calls. 20 calls per
+    # rolling 2 s per account, reports from the 3rd answer on, lagging `lag_calls` answers; 5 % faults.
+    sim = await start_simulator(
+        accounts=8, media_per_account=6, seed=13, world_knobs=WORLD_KNOBS, record_arrivals=True,
+        account_budget=limits.Budget(calls=20, window_s=2.0, block_s=1.0), faults=FIVE_PERCENT,
+        usage_reporting=limits.Reporting(after_calls=2, lag_calls=lag_calls))
+    started_s = sim.world.clock()
+    summary = await run_pass(tmp_path, sim, db_dsn, pool, {
+        # No short request timeout: an answer that comes late is not re-fetched, so "stored once" and "served
+        # once" hold under load. The world runs 1,800 times faster than Meta's hour: the report age and the
+        # pause cap scale with it.
+        "rate_limit": {"pause_cap_s": 1.2, "usage_max_age_s": 3.0},
+        "retry": {"base_delay_s": 0.05, "max_delay_s": 0.4, "max_attempts": 6,
+                  "throttle_base_delay_s": 1.0},
+    })
+    snap = sim.stats.snapshot()
+    assert summary.exit_code == 0 and summary.jobs_failed == 0, summary.as_dict()
+    assert await assert_everything_stored_once(pool, sim.world, started_s) > 500
+    assert_ok_once(sim.stats.arrivals)
+    assert snap["while_blocked_total"] < 0.01 * snap["calls"], snap
+
+
 async def test_app_throttle_pauses_the_host_and_every_account_resumes(
         tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str, pool: asyncpg.Pool,
         retry_events: list[RetryEvent]) -> None:
     # The app may make 60 calls per 60 s; past that it is blocked 1 s (and the window starts over).
+    # No usage headers before a block (`after_calls`): the budget pacing would keep the app out of it, and
+    # this test is about what happens once Meta throttles.
     sim = await start_simulator(accounts=10, media_per_account=4, seed=5, world_knobs=WORLD_KNOBS,
                                 record_arrivals=True, app_budget=limits.Budget(calls=60, window_s=60.0,
-                                                                               block_s=1.0))
+                                                                               block_s=1.0),
+                                usage_reporting=limits.Reporting(after_calls=10**9))
     started_s = sim.world.clock()
     in_flight = 2  # at most this many requests outstanding: "already in flight" is a count, not a timing
     summary = await run_pass(tmp_path, sim, db_dsn, pool, {
@@ -289,7 +318,10 @@ async def test_one_paused_account_does_not_hold_up_the_others(
     others = [a.ig_user_id for a in world.accounts() if a.ig_user_id != hot]
     blocked = limits.Budget(calls=15, window_s=3600.0, block_s=600.0)
     sim = await start_simulator(accounts=4, media_per_account=20, seed=3, world_knobs=WORLD_KNOBS,
-                                record_arrivals=True, account_budgets={hot: blocked})
+                                record_arrivals=True, account_budgets={hot: blocked},
+                                # Usage headers only in throttled answers: the budget pacing would
+                                # keep the hot account out of the block this test is about.
+                                usage_reporting=limits.Reporting(after_calls=10**9))
     path = fixtures_sim.write_config(tmp_path, sim, db_dsn, sections={
         "collect": {"account_backfill_days": BACKFILL_DAYS, "media_max_age_days": 90,
                     "max_concurrent_accounts": 4},

@@ -57,6 +57,7 @@ class Options:
     account_budget: limits.Budget = field(default_factory=limits.Budget)
     app_budget: limits.Budget = field(default_factory=limits.Budget)
     account_budgets: Mapping[str, limits.Budget] = field(default_factory=dict)  # per ig user id, overrides
+    usage_reporting: limits.Reporting = field(default_factory=limits.Reporting)  # headers late / lagging
     throttle_status: int = 400  # HTTP status of 80002 / 4 answers (Meta: 400, sometimes 403/429)
     faults: faults.FaultRates = field(default_factory=faults.FaultRates)
     refresh_min_age_s: float = 86400.0  # §7.3: a token must be ≥ 24 h old to refresh; 0 relaxes it
@@ -128,8 +129,10 @@ class Simulator:
         self.options = options or Options()
         self.stats = stats.Stats()
         self._user_agent = ""
-        self.limits = limits.Limits(self.options.account_budget, self.options.app_budget,
-                                   self.options.account_budgets)
+        self.limits = limits.Limits(
+            self.options.account_budget, self.options.app_budget, self.options.account_budgets,
+            self.options.usage_reporting,
+            app_nominal_calls=limits.NOMINAL_APP_CALLS_PER_USER * max(1, world.account_total))
         self.faults = faults.Faults(world.seed, self.options.faults)
         self.accounts = accounts_api.AccountsApi(world, self._authenticate)
         self.injected = injected.Injections()  # answers forced on chosen calls (tests of error scoping)
@@ -218,14 +221,21 @@ class Simulator:
         else:
             body_bytes = orjson.dumps(body)
         st.by_status[status] += 1
-        headers["X-App-Usage"] = orjson.dumps(self.limits.app_usage_header(now)).decode()
+        self._usage_headers(headers, req, now, arrived)
+        transport_action = action if action in ("slow", "drop", "truncate") else None
+        return Outcome(status, body_bytes, headers, transport_action)
+
+    def _usage_headers(self, headers: dict[str, str], req: _Request, now: float, arrived: float) -> None:
+        """The usage headers of one answer (absent while `Options.usage_reporting` holds them back)."""
+        app_usage = self.limits.app_usage_header(now)
+        if app_usage is not None:
+            headers["X-App-Usage"] = orjson.dumps(app_usage).decode()
         if req.token is not None:
             ig_user_id = req.token.account.ig_user_id
             self._count_account(ig_user_id, arrived)
             buc = self.limits.buc_header(ig_user_id, now)
-            headers["X-Business-Use-Case-Usage"] = orjson.dumps(buc).decode()
-        transport_action = action if action in ("slow", "drop", "truncate") else None
-        return Outcome(status, body_bytes, headers, transport_action)
+            if buc is not None:
+                headers["X-Business-Use-Case-Usage"] = orjson.dumps(buc).decode()
 
     def _count_account(self, ig_user_id: str, arrived: float) -> None:
         """A call made with an account's token: per account and per User-Agent."""

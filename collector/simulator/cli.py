@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         budgets.add_argument(f"--{scope}-window-s", type=float, default=3600.0)
         budgets.add_argument(f"--{scope}-block-s", type=float, default=60.0)
     budgets.add_argument("--throttle-status", type=int, default=400, choices=(400, 403, 429))
+    budgets.add_argument("--usage-after-calls", type=int, default=0,
+                         help="usage headers only from each scope's N+1-th answer on")
+    budgets.add_argument("--usage-lag-calls", type=int, default=0,
+                         help="usage headers report each scope's usage as it was N answers earlier")
     budgets.add_argument("--refresh-min-age-s", type=float, default=86400.0)
     fault = parser.add_argument_group("fault injection (fractions of calls, deterministic from --seed)")
     for kind in faults.KINDS:
@@ -82,6 +86,7 @@ def build(args: argparse.Namespace) -> tuple[world_mod.World, api.Options]:
         account_budget=limits.Budget(args.account_calls, args.account_window_s, args.account_block_s),
         app_budget=limits.Budget(args.app_calls, args.app_window_s, args.app_block_s),
         throttle_status=args.throttle_status, refresh_min_age_s=args.refresh_min_age_s,
+        usage_reporting=limits.Reporting(args.usage_after_calls, args.usage_lag_calls),
         faults=faults.FaultRates(slow_delay_s=args.slow_delay_s, **{
             kind: getattr(args, f"fault_{kind}") for kind in faults.KINDS}),
     )

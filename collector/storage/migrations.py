@@ -35,6 +35,17 @@ COMMENT ON TABLE collector_schema_migrations IS
     'Applied sql/NNN_name.sql files (version = NNN); checksum is the sha256 of the file as applied.';
 """
 
+# Rows applied but not shipped (or changed), plus shipped but not applied: none when up to date.
+_UP_TO_DATE = """
+WITH shipped(version, checksum) AS (VALUES $shipped)
+SELECT 1 FROM collector_schema_migrations a
+ WHERE NOT EXISTS (SELECT 1 FROM shipped s WHERE s.version = a.version AND s.checksum = a.checksum)
+UNION ALL
+SELECT 1 FROM shipped s
+ WHERE NOT EXISTS (SELECT 1 FROM collector_schema_migrations a
+                   WHERE a.version = s.version AND a.checksum = s.checksum)
+"""
+
 _log = structlog.get_logger(__name__)
 
 
@@ -74,6 +85,8 @@ async def migrate(conn: Connection) -> list[str]:
     """
     migrations = available()
     try:
+        if await up_to_date(conn, migrations):
+            return []
         # A session lock (not a transaction one) so it spans the per-file transactions.
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
@@ -83,6 +96,21 @@ async def migrate(conn: Connection) -> list[str]:
                 await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise exceptions.StorageError(f"database migration failed: {exc}") from exc
+
+
+async def up_to_date(conn: Connection, migrations: list[Migration]) -> bool:
+    """Whether every shipped migration is applied, unchanged, and nothing else is: one round trip (the simple
+    query protocol, no prepare), so a start with nothing pending costs no lock and no schema statement. Any
+    doubt (no table yet, a difference) sends the caller down the locked path, which says what is wrong."""
+    if not migrations:
+        return False
+    shipped = ", ".join(f"({m.version}, '{m.checksum}')" for m in migrations)  # ints and hex digests only
+    try:
+        # Literals, not parameters: parameters would need the extended protocol (a second round trip).
+        status = await conn.execute(_UP_TO_DATE.replace("$shipped", shipped))
+    except asyncpg.UndefinedTableError:
+        return False
+    return status == "SELECT 0"
 
 
 async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:

@@ -1,0 +1,203 @@
+"""budget.ScopeBudget as pure logic: the clock is an argument, nothing sleeps. The last tests drive it against
+a model of Meta's rolling-window budget in virtual time (answers arrive in order after a fixed latency)."""
+
+from __future__ import annotations
+
+import collections
+import heapq
+from dataclasses import dataclass
+
+import pytest
+
+from collector import budget
+
+
+def fresh(margin: int = 3, max_age_s: float = 60.0, max_in_flight: int | None = None) -> budget.ScopeBudget:
+    return budget.ScopeBudget(margin, max_age_s, max_in_flight)
+
+
+def call(scope: budget.ScopeBudget, pct: int | None, now: float) -> None:
+    scope.sent(now)
+    scope.answered(pct, now)
+
+
+def test_no_report_means_full_concurrency_bounded_per_account() -> None:
+    scope = fresh(max_in_flight=4)
+    for _ in range(4):
+        assert scope.delay_s(0.0) == 0.0
+        scope.sent(0.0)
+    assert scope.delay_s(0.0) is None  # the account's bound: wait for an answer
+    scope.answered(None, 0.1)
+    assert scope.delay_s(0.1) == 0.0
+
+
+def test_cost_and_calls_left_from_integer_reports() -> None:
+    scope = fresh()
+    call(scope, 5, 0.0)  # the first report is a baseline; it bounds the cost: at most 6 % for that one call
+    assert scope.cost_pct is None and scope.calls_left(0.0) == 15
+    call(scope, 10, 0.1)
+    assert scope.cost_pct == 5.0
+    assert scope.calls_left(0.1) == 18
+    assert scope.budget_calls() == 20.0
+
+
+def test_slow_rise_counts_the_calls_between_reports() -> None:
+    scope = fresh()
+    call(scope, 40, 0.0)
+    for _ in range(9):
+        call(scope, 40, 0.0)  # 0.1 % a call: the integer stays
+    call(scope, 41, 0.0)
+    assert scope.cost_pct == pytest.approx(0.1)
+    assert scope.calls_left(0.0) == 590
+
+
+def test_in_flight_never_exceeds_the_estimate_minus_margin_and_reserve() -> None:
+    scope = fresh(margin=3)
+    call(scope, 45, 0.0)
+    call(scope, 50, 0.0)  # 5 % a call: 10 calls left; every call shows, so the lag is measured
+    sent = 0
+    while scope.delay_s(0.0) == 0.0:
+        scope.sent(0.0)
+        sent += 1
+    assert sent == 10 - 2 - scope.reserve_calls()  # two calls of margin: a lag of one call, a re-send
+
+
+def test_small_costs_keep_the_whole_margin() -> None:
+    scope = fresh(margin=3)
+    call(scope, 40, 0.0)
+    for _ in range(9):
+        call(scope, 40, 0.0)
+    call(scope, 41, 0.0)  # 0.1 % a call: 590 left, lag unmeasurable
+    sent = 0
+    while scope.delay_s(0.0) == 0.0:
+        scope.sent(0.0)
+        sent += 1
+    assert sent == 590 - 3 - scope.reserve_calls()
+    assert scope.delay_s(0.0) is None  # the rest waits for answers
+
+
+def test_near_zero_the_reserve_is_spread_one_at_a_time() -> None:
+    scope = fresh(margin=3)
+    call(scope, 70, 0.0)
+    call(scope, 75, 0.0)  # 5 calls left: 2 above the margin, within the reserve
+    delay = scope.delay_s(0.0)
+    assert delay is not None and delay > 0  # spaced from the last send
+    assert scope.delay_s(delay) == 0.0
+    scope.sent(delay)
+    assert scope.delay_s(delay) is None  # one at a time
+    scope.answered(80, delay + 0.05)
+    second = scope.delay_s(delay + 0.05)
+    assert second is not None and second > delay  # the window is unknown: the probes move further apart
+
+
+def test_at_the_budget_nothing_leaves_until_long_silence() -> None:
+    scope = fresh(margin=3, max_age_s=60.0)
+    call(scope, 90, 0.0)
+    call(scope, 95, 1.0)
+    call(scope, 100, 2.0)
+    assert scope.calls_left(2.0) == 0
+    assert scope.delay_s(2.0) == pytest.approx(60.0)  # one call after max_age_s asks whether it fell
+
+
+def test_reports_that_stop_arriving_age_out() -> None:
+    scope = fresh(margin=3, max_age_s=60.0)
+    call(scope, 90, 0.0)
+    call(scope, 95, 1.0)
+    scope.sent(2.0)
+    scope.answered(None, 2.0)  # answers go on, without usage headers
+    assert scope.calls_left(30.0) is not None
+    assert scope.calls_left(61.5) is None  # the report aged out: paced as if there were none
+    assert scope.delay_s(61.5) == 0.0
+
+
+def test_an_old_report_without_answers_since_still_holds() -> None:
+    scope = fresh(max_age_s=60.0)
+    call(scope, 90, 0.0)
+    call(scope, 95, 1.0)
+    assert scope.calls_left(1000.0) == 1  # no call since: nothing says the reports stopped
+
+
+def test_a_fall_bounds_the_window_from_our_own_sends() -> None:
+    scope = fresh(margin=0)
+    call(scope, 0, 0.0)
+    for i in range(1, 6):
+        call(scope, 10 * i, 0.0)  # 10 % a call (budget 10), all sent at t=0
+    call(scope, 10, 12.0)  # five aged out, this call added one
+    assert scope.window_s == pytest.approx(12.0)
+
+
+def test_cancelled_admission_gives_the_slot_back() -> None:
+    scope = fresh(max_in_flight=1)
+    scope.sent(0.0)
+    assert scope.delay_s(0.0) is None
+    scope.unsent()
+    assert scope.in_flight == 0 and scope.delay_s(0.0) == 0.0
+
+
+# -- against a model of Meta's rolling-window budget ------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    done_at: float
+    overruns: int
+
+
+def drive(budget_calls: int, window_s: float, calls: int, *, lag: int = 0, after: int = 0,
+          concurrency: int = 12, latency_s: float = 0.05, margin: int = 3) -> Outcome:
+    """`calls` calls through one ScopeBudget against a rolling window of `budget_calls` per `window_s` whose
+    answers report integer percentages, from the `after + 1`-th answer on, `lag` answers late."""
+    scope = budget.ScopeBudget(margin, 60.0, concurrency)
+    window: collections.deque[float] = collections.deque()
+    history: list[int] = []
+    events: list[tuple[float, int, int | str | None]] = []
+    now, seq, sent, answered, overruns = 0.0, 0, 0, 0, 0
+    while answered < calls:
+        while sent < calls:
+            delay = scope.delay_s(now)
+            if delay != 0.0:
+                if delay is not None:
+                    heapq.heappush(events, (now + delay, seq, "wake"))
+                    seq += 1
+                break
+            scope.sent(now)
+            sent += 1
+            while window and window[0] <= now - window_s:
+                window.popleft()
+            if len(window) >= budget_calls:
+                overruns += 1
+            else:
+                window.append(now)
+            history.append(min(100, len(window) * 100 // budget_calls))
+            report = history[-1 - lag] if len(history) > lag else 0
+            heapq.heappush(events, (now + latency_s, seq, None if len(history) <= after else report))
+            seq += 1
+        assert events, "stuck: nothing in flight and nothing scheduled"
+        at, _, report = heapq.heappop(events)
+        now = max(now, at)
+        if report != "wake":
+            assert not isinstance(report, str)
+            scope.answered(report, now)
+            answered += 1
+    return Outcome(now, overruns)
+
+
+@pytest.mark.parametrize(("budget_calls", "window_s", "calls"), [
+    (20, 10.0, 55), (20, 10.0, 200), (100, 60.0, 400), (4800, 3600.0, 300), (12, 5.0, 60)])
+@pytest.mark.parametrize("lag", [0, 3])
+def test_rolling_window_is_never_overrun(budget_calls: int, window_s: float, calls: int, lag: int) -> None:
+    # The account's fan-out (8) stays below the budget: before the first reports nothing paces the calls.
+    outcome = drive(budget_calls, window_s, calls, lag=lag, concurrency=8)
+    assert outcome.overruns == 0
+
+
+def test_reports_from_the_fifth_answer_on() -> None:
+    # Before any report the scope runs at full concurrency (here 12 < the budget of 20), then paces.
+    outcome = drive(20, 10.0, 100, after=5)
+    assert outcome.overruns == 0
+
+
+def test_large_budget_is_not_slowed() -> None:
+    # Meta's usual case: a budget of thousands of calls; 300 calls all leave at full concurrency.
+    outcome = drive(4800, 3600.0, 300)
+    assert outcome.done_at == pytest.approx(0.05 * 300 / 12, rel=0.05)  # virtual time: 25 round trips
