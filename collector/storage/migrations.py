@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import asyncpg
@@ -18,6 +19,7 @@ import asyncpg.pool
 import structlog
 
 from collector import exceptions
+from collector.storage import conversion, partitions
 
 # Any fixed 64-bit key shared by every collector process ("igc-migr" in ASCII).
 _LOCK_KEY = 0x6967632D6D696772
@@ -66,8 +68,13 @@ def available() -> list[Migration]:
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
-async def migrate(conn: Connection) -> list[str]:
+async def migrate(conn: Connection, *, now: datetime | None = None,
+                  batch_pages: int = conversion.BATCH_PAGES) -> list[str]:
     """Apply the pending migrations; return the names applied (`"001_init"`), empty when up to date.
+
+    Then, still under the lock: finish a pending conversion of the history to a partitioned table
+    (collector.storage.conversion, copying `batch_pages` pages per transaction) and create the partitions
+    of the Pacific month of `now` (default: the clock) and the months ahead (collector.storage.partitions).
 
     Raises StorageError when an applied file changed, the database is newer than this code, or a
     migration fails (that migration is rolled back; earlier ones stay applied).
@@ -77,12 +84,24 @@ async def migrate(conn: Connection) -> list[str]:
         # A session lock (not a transaction one) so it spans the per-file transactions.
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
-            return await _apply(conn, migrations)
+            done = await _apply(conn, migrations)
+            await conversion.finish(conn, batch_pages=batch_pages)
+            await _ensure_partitions(conn, now or datetime.now(UTC))
+            return done
         finally:
             if not conn.is_closed():
                 await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise exceptions.StorageError(f"database migration failed: {exc}") from exc
+
+
+async def _ensure_partitions(conn: Connection, now: datetime) -> None:
+    """Months ahead; a lock timeout (a long query on the table) is not fatal: rows of a missing month go to
+    the default partition, and the daemon's daily maintenance tries again."""
+    try:
+        await partitions.ensure(conn, now)
+    except asyncpg.LockNotAvailableError as exc:
+        _log.warning("partitions_not_created", error=str(exc), retry="daily maintenance")
 
 
 async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
