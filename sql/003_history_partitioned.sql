@@ -3,8 +3,8 @@
 --
 -- This file only prepares the conversion, in one short transaction; collector.storage.conversion finishes
 -- it right after, in the same `migrate` (docs/operations.md, "Partitioned history"):
---   * ig_media_insight_history_next is the new partitioned table (monthly partitions are added by
---     collector.storage.partitions as the copy reaches their months, and ahead of the clock);
+--   * ig_media_insight_history_next is the new partitioned table, with the current Pacific month and two
+--     ahead (the copy adds the months of the old rows as it reaches them);
 --   * a statement trigger copies every row inserted into the old table from now on into the new one, in
 --     the inserting transaction, and those rows are marked (igc_during_conversion = true, the column
 --     default from now on; every earlier row reads false without a rewrite);
@@ -25,6 +25,22 @@ CREATE INDEX ig_media_insight_history_next_media_idx ON ig_media_insight_history
 CREATE TABLE ig_media_insight_history_default PARTITION OF ig_media_insight_history_next DEFAULT;
 COMMENT ON TABLE ig_media_insight_history_default IS
     'Rows of a month without a partition of its own (normally none; the daemon creates months ahead).';
+-- The current Pacific month and two ahead exist before any row can arrive (the rows written while the copy
+-- runs must not go to the default partition). Same names and bounds as collector.storage.partitions.
+DO $$
+DECLARE
+    first date := date_trunc('month', now() AT TIME ZONE 'America/Los_Angeles')::date;
+    month date;
+BEGIN
+    FOR i IN 0..2 LOOP
+        month := first + make_interval(months => i);
+        EXECUTE format('CREATE TABLE %I PARTITION OF ig_media_insight_history_next FOR VALUES FROM (%L) TO (%L)',
+                       'ig_media_insight_history_p' || to_char(month, 'YYYY_MM'),
+                       month::timestamp AT TIME ZONE 'America/Los_Angeles',
+                       (month + interval '1 month')::timestamp AT TIME ZONE 'America/Los_Angeles');
+    END LOOP;
+END
+$$;
 
 -- Both instant: existing rows read the first default (false) without being rewritten.
 ALTER TABLE ig_media_insight_history ADD COLUMN igc_during_conversion boolean NOT NULL DEFAULT false;

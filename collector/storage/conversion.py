@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import asyncpg
 import structlog
@@ -45,15 +46,30 @@ async def pending(conn: partitions.Connection) -> bool:
     return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _STATE))
 
 
-async def finish(conn: partitions.Connection, *, batch_pages: int = BATCH_PAGES) -> int | None:
-    """Run a pending conversion to the end; the number of rows it copied, None when nothing was pending."""
+async def finish(conn: partitions.Connection, now: datetime, *,
+                 batch_pages: int = BATCH_PAGES) -> int | None:
+    """Run a pending conversion to the end; the number of rows it copied, None when nothing was pending.
+    `now` places the months ahead, created first so that the rows written meanwhile find their partition."""
     if not await pending(conn):
         return None
+    started = time.monotonic()
+    await ensure_ahead(conn, now)
+    copied = await copy(conn, batch_pages=batch_pages)
+    await verify(conn)
+    await swap(conn)
+    _log.info("history_conversion_finished", copied=copied, duration_s=round(time.monotonic() - started, 3))
+    return copied
+
+
+async def copy(conn: partitions.Connection, *, batch_pages: int = BATCH_PAGES,
+               max_batches: int | None = None) -> int:
+    """Copy the next page ranges (all that are left, or `max_batches` of them); the rows copied so far."""
     state = (await conn.fetch(f"SELECT end_page, next_page, copied FROM {_STATE}"))[0]
     end_page, page, copied = state["end_page"], state["next_page"], state["copied"]
-    started = time.monotonic()
-    _log.info("history_conversion_started", pages=end_page, resumed_at_page=page, copied=copied)
-    while page < end_page:
+    _log.info("history_conversion_copying", pages=end_page, from_page=page, copied=copied)
+    batches = 0
+    while page < end_page and (max_batches is None or batches < max_batches):
+        batches += 1
         upto = min(page + batch_pages, end_page)
         await _ensure_months(conn, page, upto)
         async with conn.transaction():
@@ -65,10 +81,13 @@ async def finish(conn: partitions.Connection, *, batch_pages: int = BATCH_PAGES)
             await conn.execute(f"UPDATE {_STATE} SET next_page = $1, copied = $2", upto, copied)
         page = upto
         _log.debug("history_conversion_batch", page=page, pages=end_page, copied=copied)
-    await _verify(conn)
-    await _swap(conn)
-    _log.info("history_conversion_finished", copied=copied, duration_s=round(time.monotonic() - started, 3))
     return int(copied)
+
+
+async def ensure_ahead(conn: partitions.Connection, now: datetime) -> None:
+    """The partitions of the new table for the Pacific month of `now` and the months ahead."""
+    first = partitions.Month.of(now)
+    await _create_missing(conn, [first.next(i) for i in range(partitions.MONTHS_AHEAD + 1)])
 
 
 async def _ensure_months(conn: partitions.Connection, page: int, upto: int) -> None:
@@ -76,15 +95,18 @@ async def _ensure_months(conn: partitions.Connection, page: int, upto: int) -> N
     months = await conn.fetch(
         f"SELECT DISTINCT {_MONTH} AS month FROM {_OLD} WHERE {_RANGE} AND NOT igc_during_conversion",
         page, upto)
+    await _create_missing(conn, [partitions.Month(row["month"].year, row["month"].month) for row in months])
+
+
+async def _create_missing(conn: partitions.Connection, months: list[partitions.Month]) -> None:
     existing = {p.month for p in await partitions.list_partitions(conn, partitions.HISTORY, parent=_NEW)}
-    for row in months:
-        month = partitions.Month(row["month"].year, row["month"].month)
+    for month in months:
         if month not in existing:
             # Named as the final table's partition: renaming the parent at the swap keeps its partitions.
             await partitions.create_partition(conn, partitions.HISTORY, month, parent=_NEW)
 
 
-async def _verify(conn: partitions.Connection) -> None:
+async def verify(conn: partitions.Connection) -> None:
     """Both tables hold the same number of rows per Pacific month, read under one snapshot."""
     sql = f"SELECT {_MONTH} AS month, count(*) AS n FROM {{table}} GROUP BY 1"
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -99,7 +121,7 @@ async def _verify(conn: partitions.Connection) -> None:
     _log.info("history_conversion_verified", rows=sum(old.values()), months=len(old))
 
 
-async def _swap(conn: partitions.Connection) -> None:
+async def swap(conn: partitions.Connection) -> None:
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             async with conn.transaction():

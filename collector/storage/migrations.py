@@ -68,25 +68,30 @@ def available() -> list[Migration]:
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
-async def migrate(conn: Connection, *, now: datetime | None = None,
-                  batch_pages: int = conversion.BATCH_PAGES) -> list[str]:
-    """Apply the pending migrations; return the names applied (`"001_init"`), empty when up to date.
+async def migrate(conn: Connection, *, now: datetime | None = None, upto: int | None = None,
+                  finish: bool = True, batch_pages: int = conversion.BATCH_PAGES) -> list[str]:
+    """Apply the pending migrations (those up to version `upto` when given); return the names applied
+    (`"001_init"`), empty when up to date.
 
-    Then, still under the lock: finish a pending conversion of the history to a partitioned table
-    (collector.storage.conversion, copying `batch_pages` pages per transaction) and create the partitions
-    of the Pacific month of `now` (default: the clock) and the months ahead (collector.storage.partitions).
+    Then, still under the lock, unless `finish` is false: finish a pending conversion of the history to a
+    partitioned table (collector.storage.conversion, copying `batch_pages` pages per transaction) and create
+    the partitions of the Pacific month of `now` (default: the clock) and the months ahead
+    (collector.storage.partitions). `upto` and `finish=False` are for tests and benchmarks that need a
+    database as an older version left it.
 
     Raises StorageError when an applied file changed, the database is newer than this code, or a
     migration fails (that migration is rolled back; earlier ones stay applied).
     """
-    migrations = available()
+    migrations = [m for m in available() if upto is None or m.version <= upto]
     try:
         # A session lock (not a transaction one) so it spans the per-file transactions.
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
             done = await _apply(conn, migrations)
-            await conversion.finish(conn, batch_pages=batch_pages)
-            await _ensure_partitions(conn, now or datetime.now(UTC))
+            if finish:
+                now = now or datetime.now(UTC)
+                await conversion.finish(conn, now, batch_pages=batch_pages)
+                await _ensure_partitions(conn, now)
             return done
         finally:
             if not conn.is_closed():

@@ -9,8 +9,13 @@ partition). `ensure` creates the current month and `MONTHS_AHEAD` more, so a wri
 
 A partition is created without blocking writers: as a plain table, filled with the default partition's rows of
 its month (usually none), then attached (ATTACH takes SHARE UPDATE EXCLUSIVE on the parent, which inserts do
-not conflict with). Every DDL here runs with a short lock_timeout: waiting behind a long query would queue the
-writers behind the DDL.
+not conflict with; ATTACH builds the partition's indexes). Every DDL here runs with a short lock_timeout:
+waiting behind a long query would queue the writers behind the DDL.
+
+PostgreSQL checks a row routed to the default partition against the default's constraint after locking it,
+so a row of a month whose partition is being attached at that instant fails with "violates partition
+constraint"; the writer retries it (it then goes to the new partition). Creating months ahead keeps this
+from happening at all in normal operation.
 """
 
 from __future__ import annotations
@@ -198,12 +203,12 @@ async def create_partition(conn: Connection, spec: TableSpec, month: Month, *,
             f'ALTER TABLE "{name}" ADD CONSTRAINT "{name}_bounds" CHECK ({bounds_check(spec, month)})')
         moved = 0
         if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", default):
+            # No row of the month may reach the default partition between the move and the ATTACH.
+            await conn.execute(f'LOCK TABLE "{default}" IN EXCLUSIVE MODE')
             status = await conn.execute(
                 f'WITH moved AS (DELETE FROM "{default}" WHERE {spec.column} >= $1 AND {spec.column} < $2 '
                 f'RETURNING *) INSERT INTO "{name}" SELECT * FROM moved', month.start, month.end)
             moved = int(status.rsplit(" ", 1)[-1])
-        for sql in index_sql(spec, name):
-            await conn.execute(sql)
         await conn.execute(f'ALTER TABLE "{parent}" ATTACH PARTITION "{name}" {bounds_clause(month)}')
         await conn.execute(f'ALTER TABLE "{name}" DROP CONSTRAINT "{name}_bounds"')
     _log.info("partition_created", table=spec.name, partition=name, month=str(month),
