@@ -1,6 +1,6 @@
 """Years of history: the partitioned ig_media_insight_history against the unpartitioned one, same run.
 
-    .venv/bin/python scripts/bench_history.py [--rows 30000000] [--writer-rows 500000] [--repeat 3]
+    .venv/bin/python scripts/bench_history.py [--rows 30000000] [--writer-rows 500000] [--repeat 5]
                                               [--dsn postgresql://...]
 
 Creates two scratch databases on the server of --dsn (default $TEST_DATABASE_URL, then $DATABASE_URL), both
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -93,6 +94,12 @@ async def fill(conn: asyncpg.Connection, rows: int, first: datetime, span: timed
     await conn.execute(f"VACUUM ANALYZE {HISTORY}")
 
 
+async def checkpoint(conn: asyncpg.Connection) -> None:
+    """Every measurement starts from the same WAL state (needs superuser; skipped otherwise)."""
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await conn.execute("CHECKPOINT")
+
+
 def writer_rows(run: int, count: int, bump: int, at: datetime) -> list[models.MediaInsightRow]:
     first = FIRST_WRITER_MEDIA + run * count
     return [models.MediaInsightRow(first + i // WRITER_METRICS, f"m{i % WRITER_METRICS}", "", "", i + bump,
@@ -124,7 +131,7 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=30_000_000, help="synthetic history rows (default 30M)")
     parser.add_argument("--writer-rows", type=int, default=500_000, help="rows per writer measurement")
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved writer runs per table")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved writer runs per table (default 5)")
     parser.add_argument(
         "--dsn", default=os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL"))
     args = parser.parse_args()
@@ -168,9 +175,11 @@ async def main() -> None:
                 fresh = writer_rows(run, n, 0, at)
                 changed = writer_rows(run, n, 1, at + timedelta(seconds=1))
                 for label, rows in (("fresh", fresh), ("changed", changed)):
+                    await checkpoint(conns[kind])
                     elapsed = await timed(f"{kind}: writer {label} {n:,} rows (run {run + 1})",
                                           lambda rows=rows, kind=kind: run_writer(pools[kind], rows))  # type: ignore[misc]
                     rates.setdefault(f"writer {label} {kind}", []).append(n / elapsed)
+                await checkpoint(conns[kind])
                 elapsed = await timed(
                     f"{kind}: history-only INSERT ... SELECT {n:,} rows (run {run + 1})",
                     lambda kind=kind, lo=run * n: conns[kind].execute(  # type: ignore[misc]
