@@ -484,8 +484,10 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
             "SIGHUP reloads the config and the accounts file."),
     "migrate": (cmd_migrate, "apply pending database migrations and exit",
                 "Apply the numbered migrations in sql/ that the database lacks, under an advisory lock "
-                "(safe to run while a daemon starts). Exit 3 when the database is unreachable or a "
-                "migration fails."),
+                "(safe to run while a daemon starts); finish converting the history to a partitioned table "
+                "when an upgrade started it (writers keep writing meanwhile), and create the history "
+                "partitions of the current Pacific month and two ahead. Exit 3 when the database is "
+                "unreachable or a migration fails."),
     "check-config": (cmd_check_config, "validate the config and print a short summary",
                      "Load and validate the config and its accounts file; print the number of accounts by "
                      "login and the database target (password masked). Tokens are never printed. Exit 2 "
