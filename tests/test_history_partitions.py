@@ -72,7 +72,7 @@ async def test_migrate_converts_a_populated_history_with_identical_rows(empty_db
         pages = await conn.fetchval(f"SELECT pg_relation_size('{HISTORY}') / 8192")
         assert pages > 10  # so that batch_pages=3 makes several batches
 
-        assert await migrations.migrate(conn, now=NOW, batch_pages=3) == ["003_history_partitioned"]
+        assert "003_history_partitioned" in await migrations.migrate(conn, now=NOW, batch_pages=3)
 
         assert await partitions.is_partitioned(conn, partitions.HISTORY)
         assert [tuple(r) for r in await conn.fetch(ALL_ROWS)] == [tuple(r) for r in before]

@@ -33,6 +33,7 @@ _TIME_COLUMNS: dict[str, str | None] = {
     "ig_account_insight": "end_time",
     "ig_unavailable": "first_seen_at",
     "collector_job_state": None,
+    "collector_discovered_account": None,
 }
 PROJECTION_DAYS = (30, 365)
 
