@@ -401,3 +401,22 @@ async def test_db_size_counts_rows_and_measures_growth_from_the_data(pool: async
     assert sizes["ig_account"].rows_per_day is None and sizes["ig_account"].rows == 0
     report = sizing.render(list(sizes.values()), window_days=7)
     assert HISTORY in report and "rows +365d" in report and "total" in report
+
+
+async def test_a_lock_held_by_a_long_query_does_not_fail_migrate(db_dsn: str) -> None:
+    """Creating a partition waits at most partitions.LOCK_TIMEOUT behind a query holding the default
+    partition; `migrate` then goes on (the rows of a missing month go to the default partition meanwhile) and
+    the next attempt creates it."""
+    reader = await asyncpg.connect(db_dsn)
+    conn = await asyncpg.connect(db_dsn)
+    later = datetime.now(UTC) + timedelta(days=200)  # months that do not exist yet
+    try:
+        async with reader.transaction():
+            await reader.execute(f'LOCK TABLE "{HISTORY}_default" IN ACCESS SHARE MODE')  # a long SELECT
+            assert await migrations.migrate(conn, now=later) == []
+        missing = {Month.of(later).next(i) for i in range(partitions.MONTHS_AHEAD + 1)}
+        assert not missing & {p.month for p in await partitions.list_partitions(conn, partitions.HISTORY)}
+        assert len(await partitions.ensure(conn, later)) == len(missing)
+    finally:
+        await reader.close()
+        await conn.close()
