@@ -221,6 +221,28 @@ async def test_partitions_exist_ahead_and_a_stray_month_moves_out_of_the_default
         await conn.close()
 
 
+async def test_strays_of_past_months_get_their_partition(db_dsn: str) -> None:
+    """Rows of a month without a partition (say, imported) land in the default partition; the next ensure
+    (the daily maintenance) gives their months partitions and moves them there, so retention drops them
+    like any month."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        rows = [(1, "reach", "", "", Decimal(1), start(2024, 2, 1)),  # first instant of February 2024
+                (1, "reach", "", "", Decimal(2), start(2024, 2, 1) - timedelta(microseconds=1)),  # January
+                (2, "views", "", "", Decimal(3), start(2024, 2, 20))]
+        await conn.executemany(f"INSERT INTO {HISTORY} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)", rows)
+        assert await partitions.stray_months(conn, partitions.HISTORY) == [Month(2024, 1), Month(2024, 2)]
+        created = await partitions.ensure(conn, NOW)
+        assert {f"{HISTORY}_p2024_01", f"{HISTORY}_p2024_02"} <= set(created)
+        assert await conn.fetchval(f'SELECT count(*) FROM "{HISTORY}_default"') == 0
+        assert await partition_of(conn, 1, rows[0][5]) == f"{HISTORY}_p2024_02"
+        assert await partition_of(conn, 1, rows[1][5]) == f"{HISTORY}_p2024_01"
+        assert await conn.fetchval(f'SELECT count(*) FROM "{HISTORY}_p2024_02"') == 2
+        assert await partitions.stray_months(conn, partitions.HISTORY) == []
+    finally:
+        await conn.close()
+
+
 def test_months_are_pacific() -> None:
     assert Month.of(datetime(2026, 7, 1, 6, 59, tzinfo=UTC)) == Month(2026, 6)  # 23:59 PDT on June 30
     assert Month.of(datetime(2026, 7, 1, 7, 0, tzinfo=UTC)) == Month(2026, 7)

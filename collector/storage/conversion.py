@@ -25,7 +25,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from collector import exceptions, pacific
+from collector import exceptions
 from collector.storage import partitions
 
 # ~8 kB pages: 2,000 pages are ~16 MB, ~150k history rows per transaction.
@@ -36,7 +36,7 @@ _OLD = partitions.HISTORY.name
 _NEW = f"{_OLD}_next"
 _COLUMNS = "media_id, metric, breakdown, dimension, value, collected_at"
 _RANGE = "ctid >= format('(%s,0)', $1::bigint)::tid AND ctid < format('(%s,0)', $2::bigint)::tid"
-_MONTH = f"date_trunc('month', collected_at AT TIME ZONE '{pacific.PACIFIC.key}')"
+_MONTH = partitions.month_sql(partitions.HISTORY.column)
 
 _log = structlog.get_logger(__name__)
 

@@ -153,19 +153,36 @@ async def is_partitioned(conn: Connection, spec: TableSpec) -> bool:
 
 async def ensure(conn: Connection, now: datetime, *, months_ahead: int = MONTHS_AHEAD,
                  specs: Sequence[TableSpec] = PARTITIONED) -> list[str]:
-    """Create the partitions of the current Pacific month and `months_ahead` more that are missing; return
-    the names created. Raises asyncpg errors (a lock timeout included): the caller decides to retry."""
+    """Create the partitions of the current Pacific month and `months_ahead` more that are missing, and
+    those of the months that have rows in the default partition (strays, moved into their month: retention
+    then treats them like any other month); return the names created. Raises asyncpg errors (a lock timeout
+    included): the caller decides to retry."""
     created: list[str] = []
     first = Month.of(now)
     for spec in specs:
         if not await is_partitioned(conn, spec):
             continue
         existing = {p.month for p in await list_partitions(conn, spec)}
-        for offset in range(months_ahead + 1):
-            month = first.next(offset)
+        wanted = [first.next(offset) for offset in range(months_ahead + 1)]
+        wanted += await stray_months(conn, spec)
+        for month in sorted(set(wanted)):
             if month not in existing:
                 created.append(await create_partition(conn, spec, month))
     return created
+
+
+def month_sql(column: str) -> str:
+    """SQL: the Pacific month (first day, a timestamp) of the timestamptz `column`."""
+    return f"date_trunc('month', {column} AT TIME ZONE '{pacific.PACIFIC.key}')"
+
+
+async def stray_months(conn: Connection, spec: TableSpec) -> list[Month]:
+    """The months of the rows in the default partition (normally none: one look at an empty table)."""
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", default_name(spec)):
+        return []
+    rows = await conn.fetch(
+        f'SELECT DISTINCT {month_sql(spec.column)} AS month FROM "{default_name(spec)}" ORDER BY 1')
+    return [Month(row["month"].year, row["month"].month) for row in rows]
 
 
 def index_sql(spec: TableSpec, table: str, suffix: str = "") -> list[str]:

@@ -20,7 +20,7 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
@@ -112,23 +112,31 @@ async def apply(conn: partitions.Connection, actions: Sequence[Action]) -> list[
 
 async def describe(conn: partitions.Connection, actions: Sequence[Action]) -> list[Outcome]:
     """What `apply` would do, measured without changing anything (rows_after: the rows that would stay;
-    bytes_after: estimated from the share of rows that stays)."""
+    bytes_after: estimated from the share of rows that stays). Actions on the same partition are measured
+    one after the other, as `apply` would leave it."""
     outcomes: list[Outcome] = []
+    floors: dict[str, datetime] = {}  # partition -> rows older than this are already gone
     for action in actions:
         name = action.partition.name
         rows, size = await _measure(conn, name)
+        floor = floors.get(name)
+        if floor is not None:  # after a DELETE_DEFAULT of the same partition
+            gone = await conn.fetchval(f'SELECT count(*) FROM "{name}" WHERE collected_at < $1', floor)
+            size = size * (rows - gone) // rows if rows else 0
+            rows -= gone
         if action.kind is Kind.DROP:
             kept = 0
         elif action.kind is Kind.DELETE_DEFAULT:
             kept = rows - await conn.fetchval(
                 f'SELECT count(*) FROM "{name}" WHERE collected_at < $1', action.cutoff)
+            floors[name] = action.cutoff
         else:
             kept = await conn.fetchval(
                 f'SELECT count(*) FROM (SELECT DISTINCT {_SERIES}, {_DAY} FROM "{name}" '
-                f"WHERE collected_at < $1) AS d", action.cutoff)
+                f"WHERE collected_at < $1 AND collected_at >= $2) AS d", action.cutoff, floor or _NO_FLOOR)
             kept += await conn.fetchval(
                 f'SELECT count(*) FROM "{name}" WHERE collected_at >= $1', action.cutoff)
-        outcomes.append(Outcome(action, rows, kept, size, size * kept // rows if rows else 0, 0.0))
+        outcomes.append(Outcome(action, rows, kept, size, size * kept // rows if rows else size, 0.0))
     return outcomes
 
 
@@ -169,6 +177,7 @@ def render(outcomes: Sequence[Outcome], *, policy: settings.RetentionSettings, d
 # -- the actions -----------------------------------------------------------------------------------------
 
 _SERIES = ", ".join(partitions.HISTORY.series)
+_NO_FLOOR = datetime(1, 1, 1, tzinfo=UTC)
 _DAY = f"(collected_at AT TIME ZONE '{pacific.PACIFIC.key}')::date"
 _COLUMNS = "media_id, metric, breakdown, dimension, value, collected_at"
 
