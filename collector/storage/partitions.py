@@ -4,8 +4,8 @@ A partition holds one Pacific calendar month: from the Pacific midnight that sta
 starts the next month, in UTC (collector.pacific). Every Pacific day therefore lies in exactly one partition,
 which is what lets retention downsample "the last value per Pacific day" partition by partition. Partitions
 are named `<table>_pYYYY_MM`; the `<table>_default` partition takes strays (rows of a month that has no
-partition). `ensure` creates the current month and `MONTHS_AHEAD` more, so a write never waits for DDL;
-`migrate` and the daemon's daily maintenance call it.
+partition). `ensure` creates the current month and `MONTHS_AHEAD` more, so a write never waits for DDL,
+and the months of any strays; `migrate` and the daemon's daily maintenance call it.
 
 A partition is created without blocking writers: as a plain table, filled with the default partition's rows of
 its month (usually none), then attached (ATTACH takes SHARE UPDATE EXCLUSIVE on the parent, which inserts do
