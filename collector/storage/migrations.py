@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -73,9 +74,10 @@ async def migrate(conn: Connection, *, now: datetime | None = None, upto: int | 
     """Apply the pending migrations (those up to version `upto` when given); return the names applied
     (`"001_init"`), empty when up to date.
 
-    Then, still under the lock, unless `finish` is false: finish a pending conversion of the history to a
-    partitioned table (collector.storage.conversion, copying `batch_pages` pages per transaction) and create
-    the partitions of the Pacific month of `now` (default: the clock) and the months ahead
+    Unless `finish` is false, still under the lock: a pending conversion of the history to a partitioned
+    table (started by 003; collector.storage.conversion, copying `batch_pages` pages per transaction) is
+    finished before the next file is applied, so later migrations always meet the partitioned table; at the
+    end the partitions of the Pacific month of `now` (default: the clock) and the months ahead are created
     (collector.storage.partitions). `upto` and `finish=False` are for tests and benchmarks that need a
     database as an older version left it.
 
@@ -87,11 +89,14 @@ async def migrate(conn: Connection, *, now: datetime | None = None, upto: int | 
         # A session lock (not a transaction one) so it spans the per-file transactions.
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
-            done = await _apply(conn, migrations)
+            moment = now or datetime.now(UTC)
+
+            async def finish_conversion() -> None:
+                await conversion.finish(conn, moment, batch_pages=batch_pages)
+
+            done = await _apply(conn, migrations, between=finish_conversion if finish else None)
             if finish:
-                now = now or datetime.now(UTC)
-                await conversion.finish(conn, now, batch_pages=batch_pages)
-                await _ensure_partitions(conn, now)
+                await _ensure_partitions(conn, moment)
             return done
         finally:
             if not conn.is_closed():
@@ -109,7 +114,9 @@ async def _ensure_partitions(conn: Connection, now: datetime) -> None:
         _log.warning("partitions_not_created", error=str(exc), retry="daily maintenance")
 
 
-async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
+async def _apply(conn: Connection, migrations: list[Migration], *,
+                 between: Callable[[], Awaitable[None]] | None = None) -> list[str]:
+    """Apply the files not applied yet, in order; `between` runs before each of them and after the last."""
     await conn.execute(_BOOTSTRAP)
     rows = await conn.fetch(
         "SELECT version, name, checksum FROM collector_schema_migrations ORDER BY version")
@@ -128,6 +135,8 @@ async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
     for m in migrations:
         if m.version in applied:
             continue
+        if between is not None:
+            await between()
         label = f"{m.version:03d}_{m.name}"
         try:
             async with conn.transaction():
@@ -139,4 +148,6 @@ async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
             raise exceptions.StorageError(f"migration {label} failed: {exc}") from exc
         _log.info("migration_applied", version=m.version, name=m.name)
         done.append(label)
+    if between is not None:
+        await between()
     return done
