@@ -332,6 +332,9 @@ async def test_retention_drops_what_it_should_and_nothing_else(db_dsn: str) -> N
             retention.Kind.DROP, retention.Kind.DROP, retention.Kind.DELETE_DEFAULT]
         left = await conn.fetch(f"SELECT media_id FROM {HISTORY} ORDER BY media_id")
         assert [r["media_id"] for r in left] == [3, 4, 6]
+        # The same (now stale) plan again, as a second instance or a `prune` would run it: what is done is
+        # skipped.
+        assert [o.action.kind for o in await retention.apply(conn, plan)] == [retention.Kind.DELETE_DEFAULT]
         names = [p.name for p in await partitions.list_partitions(conn, partitions.HISTORY)]
         assert f"{HISTORY}_p2026_04" not in names and f"{HISTORY}_p2026_06" in names
         assert f"{HISTORY}_default" in names
@@ -442,3 +445,18 @@ async def test_a_lock_held_by_a_long_query_does_not_fail_migrate(db_dsn: str) ->
     finally:
         await reader.close()
         await conn.close()
+
+
+async def test_one_instance_at_a_time_runs_the_maintenance(pool: asyncpg.Pool) -> None:
+    policy = settings.RetentionSettings(history_days=14)
+    async with pool.acquire() as other:
+        await other.execute("SELECT pg_advisory_lock($1)", retention.MAINTENANCE_LOCK_KEY)
+        try:
+            assert await retention.maintain(pool, policy, NOW) == []  # skipped: the other one runs it
+            assert Month(2026, 6) not in {p.month for p in await partitions.list_partitions(
+                other, partitions.HISTORY)}
+        finally:
+            await other.execute("SELECT pg_advisory_unlock($1)", retention.MAINTENANCE_LOCK_KEY)
+    await retention.maintain(pool, policy, NOW)
+    async with pool.acquire() as conn:
+        assert Month(2026, 6) in {p.month for p in await partitions.list_partitions(conn, partitions.HISTORY)}

@@ -28,6 +28,9 @@ import structlog
 from collector import exceptions, pacific, settings
 from collector.storage import conversion, partitions, sizing
 
+# One instance at a time runs the daily maintenance ("igc-rete" in ASCII).
+MAINTENANCE_LOCK_KEY = 0x6967632D72657465
+
 _log = structlog.get_logger(__name__)
 
 
@@ -94,10 +97,15 @@ async def apply(conn: partitions.Connection, actions: Sequence[Action]) -> list[
     outcomes: list[Outcome] = []
     for action in actions:
         name = action.partition.name
+        if not await _still_due(conn, action):
+            continue
         rows_before, bytes_before = await _measure(conn, name)
         started = time.monotonic()
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", partitions.DDL_LOCK_KEY)
+            # Another process (a `prune`, another instance) may have done it while this one waited.
+            if not await _still_due(conn, action):
+                continue
             await conn.execute(f"SET LOCAL lock_timeout = '{partitions.LOCK_TIMEOUT}'")
             await _RUN[action.kind](conn, action)
         duration_s = round(time.monotonic() - started, 3)
@@ -141,11 +149,19 @@ async def describe(conn: partitions.Connection, actions: Sequence[Action]) -> li
 
 
 async def maintain(pool: asyncpg.Pool, policy: settings.RetentionSettings, now: datetime) -> list[Outcome]:
-    """The daily maintenance: partitions ahead, then the retention policy. Raises StorageError."""
+    """The daily maintenance: partitions ahead, then the retention policy. With several instances on one
+    database, one of them does it at a time (the others skip it this time). Raises StorageError."""
     try:
         async with pool.acquire() as conn:
-            created = await partitions.ensure(conn, now)
-            outcomes = await apply(conn, await current_plan(conn, policy, now))
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_KEY):
+                _log.info("history_maintenance_skipped", reason="another instance is running it")
+                return []
+            try:
+                created = await partitions.ensure(conn, now)
+                outcomes = await apply(conn, await current_plan(conn, policy, now))
+            finally:
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_KEY)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         raise exceptions.StorageError(f"history maintenance failed: {exc}") from exc
     _log.info("history_maintenance_done", partitions_created=len(created), retention_actions=len(outcomes))
@@ -241,6 +257,16 @@ _RUN = {
     Kind.DELETE_DEFAULT: _delete_default,
     Kind.DOWNSAMPLE_DEFAULT: _downsample_default,
 }
+
+
+async def _still_due(conn: partitions.Connection, action: Action) -> bool:
+    name = action.partition.name
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{name}"'):
+        return False
+    if action.kind is Kind.DOWNSAMPLE:
+        comment = await conn.fetchval("SELECT obj_description($1::regclass, 'pg_class')", f'"{name}"')
+        return bool(comment != partitions.DOWNSAMPLED_COMMENT)
+    return True
 
 
 async def _measure(conn: partitions.Connection, name: str) -> tuple[int, int]:
