@@ -310,6 +310,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     return run_async(main, use_uvloop=not args.no_uvloop)
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+
+    async def main(signals: Signals) -> int:
+        from datetime import UTC, datetime  # noqa: PLC0415
+
+        from collector.storage import db, retention  # noqa: PLC0415
+
+        async with (await db.open_database(cfg.database, state_dir=cfg.state_dir) as database,
+                    database.pool.acquire() as conn):
+            actions = await retention.current_plan(conn, cfg.retention, datetime.now(UTC))
+            if args.dry_run:
+                outcomes = await retention.describe(conn, actions)
+            else:
+                outcomes = await retention.apply(conn, actions)
+        print(retention.render(outcomes, policy=cfg.retention, dry_run=args.dry_run))
+        return EXIT_OK
+
+    return run_async(main, use_uvloop=not args.no_uvloop)
+
+
+def cmd_db_size(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+
+    async def main(signals: Signals) -> int:
+        from datetime import UTC, datetime  # noqa: PLC0415
+
+        from collector.storage import db, sizing  # noqa: PLC0415
+
+        async with await db.open_database(cfg.database, state_dir=cfg.state_dir) as database:
+            sizes = await sizing.measure(database.pool, datetime.now(UTC), window_days=args.days)
+        print(sizing.render(sizes, window_days=args.days))
+        return EXIT_OK
+
+    return run_async(main, use_uvloop=not args.no_uvloop)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     logs.configure(level=args.log_level or "info", json=args.log_json)
     from collector.simulator import cli as simulator_cli  # noqa: PLC0415
@@ -447,8 +484,10 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
             "SIGHUP reloads the config and the accounts file."),
     "migrate": (cmd_migrate, "apply pending database migrations and exit",
                 "Apply the numbered migrations in sql/ that the database lacks, under an advisory lock "
-                "(safe to run while a daemon starts). Exit 3 when the database is unreachable or a "
-                "migration fails."),
+                "(safe to run while a daemon starts); finish converting the history to a partitioned table "
+                "when an upgrade started it (writers keep writing meanwhile), and create the history "
+                "partitions of the current Pacific month and two ahead. Exit 3 when the database is "
+                "unreachable or a migration fails."),
     "check-config": (cmd_check_config, "validate the config and print a short summary",
                      "Load and validate the config and its accounts file; print the number of accounts by "
                      "login and the database target (password masked). Tokens are never printed. Exit 2 "
@@ -476,9 +515,18 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
               "Instagram: ig_exchange_token with [app] app_secret) and print the long-lived token once, on "
               "stdout only. Example: ig-collector token exchange --login facebook -c config.toml < short.txt "
               "> long.txt"),
+    "prune": (cmd_prune, "apply the [retention] policy to the history now",
+              "Drop the monthly history partitions entirely older than [retention] history_days, delete "
+              "the default partition's rows older than that, and downsample partitions entirely older than "
+              "history_full_days to each series' last value per Pacific day (the daemon does this daily). "
+              "Prints what was done. Exit 3 when the database is unreachable or not migrated."),
+    "db-size": (cmd_db_size, "print each table's rows, size, growth per day and 30/365-day projections",
+                "Count each collector table's rows and bytes (indexes included), measure its growth per "
+                "day from the rows added in the last --days days, and project 30 and 365 days ahead at "
+                "that rate. Counting scans the tables."),
 }
-_WITH_CONFIG = ("once", "run", "migrate", "check-config", "status", "discover", "token")
-_WITH_LOOP = ("once", "run", "migrate", "status", "demo", "discover", "token")
+_WITH_CONFIG = ("once", "run", "migrate", "check-config", "status", "discover", "token", "prune", "db-size")
+_WITH_LOOP = ("once", "run", "migrate", "status", "demo", "discover", "token", "prune", "db-size")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -512,9 +560,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                            help="use the standard asyncio event loop instead of uvloop")
     _add_once_arguments(sub.choices["once"])
     _add_token_arguments(sub.choices)
+    sub.choices["prune"].add_argument("--dry-run", action="store_true",
+                                      help="show what would be dropped or downsampled; change nothing")
+    sub.choices["db-size"].add_argument("--days", type=_positive_int, default=7, metavar="N",
+                                        help="measure growth over the last N days (default 7)")
     _add_demo_arguments(sub.choices["demo"])
     _add_simulator_arguments(sub.choices["simulate"], load=command == "simulate")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _add_once_arguments(p: argparse.ArgumentParser) -> None:

@@ -39,6 +39,7 @@ _SECTIONS: dict[str, type] = {
     "log": settings.LogSettings,
     "app": settings.AppSettings,
     "cluster": settings.ClusterSettings,
+    "retention": settings.RetentionSettings,
 }
 _TOP_LEVEL = frozenset({"accounts_file", "state_dir", "accounts", "tokens", *_SECTIONS})
 _TOKEN_KEYS = ("access_token", "access_token_env", "access_token_file")
@@ -59,6 +60,7 @@ _POSITIVE = frozenset({
     "collect.discovery_interval_s",
     "schedule.media_discovery_interval_s", "schedule.stories_interval_s", "schedule.profile_interval_s",
     "schedule.demographics_interval_s", "webhook.body_max_bytes", "cluster.lease_s",
+    "retention.history_days", "retention.history_full_days",
 })
 _AT_MOST = {"rate_limit.min_rate_fraction": 1.0, "rate_limit.slow_down_at_pct": 100.0,
             "schedule.jitter_fraction": 1.0}
@@ -164,6 +166,7 @@ class _Loader:
             database = dataclasses.replace(database, embedded_dir=state_dir / "postgres")
         sections["database"] = database
         self.check_basic_auth(typing.cast(settings.HttpSettings, sections["http"]))
+        self.check_retention(typing.cast(settings.RetentionSettings, sections["retention"]))
         # A password in the DSN is a secret like any token ($DATABASE_URL counts: storage will use it).
         dsn = database.url or os.environ.get("DATABASE_URL")
         if dsn:
@@ -209,6 +212,13 @@ class _Loader:
             raise self.fail(self.at("http", key), "basic auth needs both basic_auth_user and one of "
                                                   "basic_auth_password, basic_auth_password_env, "
                                                   "basic_auth_password_file")
+
+    def check_retention(self, retention: settings.RetentionSettings) -> None:
+        full, keep = retention.history_full_days, retention.history_days
+        if full is not None and keep is not None and full >= keep:
+            raise self.fail(self.at("retention", "history_full_days"),
+                            f"must be less than history_days ({keep}), got {full}: rows are dropped before "
+                            "they would be downsampled")
 
     def read_toml(self) -> dict[str, object]:
         try:

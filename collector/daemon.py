@@ -57,7 +57,7 @@ from collector import (
     tokens,
     webhook,
 )
-from collector.storage import db, token_table
+from collector.storage import db, retention, token_table
 from collector.storage import writer as storage_writer
 from collector.web import app as web_app
 
@@ -70,6 +70,8 @@ GAUGE_INTERVAL_S = 5.0
 # instances collect would otherwise look stale here.
 STATE_REFRESH_S = 60.0
 TOKEN_CHECK_MAX_S = 3600.0
+MAINTENANCE_INTERVAL_S = 86400.0  # history partitions ahead and [retention], daily (the first at start)
+MAINTENANCE_RETRY_S = 3600.0  # after a failed maintenance (database down, a lock held too long)
 RELOAD_STATE_TIMEOUT_S = 5.0  # a reload reading state while the database is down falls back to memory
 # Settings read once at start; a reload that changes them is reported, and they take effect on restart.
 RESTART_ONLY = ("database", "graph", "rate_limit", "retry", "http", "webhook", "state_dir", "log", "cluster")
@@ -207,6 +209,7 @@ class Daemon:
                     tg.create_task(self._discovery_loop(), name="discovery"),
                     tg.create_task(self._renew_loop(), name="lease-renew"),
                     tg.create_task(self._release_loop(), name="lease-release"),
+                    tg.create_task(self._maintenance_loop(), name="history-maintenance"),
                 ]
                 self._notifier.ready(self._status_line())
                 log.info("daemon_ready", accounts=len(self._accounts), workers=self._workers,
@@ -578,6 +581,22 @@ class Daemon:
         schedule = self._config.schedule
         after_s = schedule.token_refresh_after_days * 86400.0
         return max(schedule.tick_s, min(TOKEN_CHECK_MAX_S, after_s / 10))
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def _maintenance_loop(self) -> None:
+        """Daily: history partitions ahead and the [retention] policy (collector.storage.retention). A failure
+        is logged and retried an hour later; it never stops the daemon (a missing month's rows go to the
+        default partition meanwhile, and are moved into their partition when it is created)."""
+        while True:
+            delay_s = MAINTENANCE_INTERVAL_S
+            if self._pool is not None:
+                try:
+                    await retention.maintain(self._pool, self._config.retention, self._clock())
+                except exceptions.StorageError as exc:
+                    log.warning("history_maintenance_failed", error=str(exc), retry_in_s=MAINTENANCE_RETRY_S)
+                    delay_s = MAINTENANCE_RETRY_S
+            await asyncio.sleep(delay_s)
 
     # ------------------------------------------------------------------ observability
 

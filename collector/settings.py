@@ -130,6 +130,16 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionSettings:
+    """How long ig_media_insight_history keeps rows (collector.storage.retention); None keeps everything."""
+
+    # Whole Pacific-month partitions whose rows are all older than this many days are dropped.
+    history_days: int | None = None
+    # Partitions entirely older than this many days keep only each series' last value per Pacific day.
+    history_full_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AppSettings:
     """The Meta app, for token refresh and debug_token (optional)."""
 
@@ -164,3 +174,4 @@ class Config:
     log: LogSettings = LogSettings()
     app: AppSettings = AppSettings()
     cluster: ClusterSettings = ClusterSettings()
+    retention: RetentionSettings = RetentionSettings()

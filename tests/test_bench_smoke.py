@@ -45,3 +45,16 @@ def test_scale_mode_reports_rss_per_size(tmp_path: Path) -> None:
     rows = result["scale"]
     assert isinstance(rows, list) and [row["accounts"] for row in rows] == [2, 3]
     assert all(row["peak_rss_mb"] > 0 and row["graph_calls"] > 0 for row in rows)
+
+
+def test_history_benchmark_runs_at_a_toy_size() -> None:
+    """scripts/bench_history.py end to end on 40k rows: fill, conversion, writer, queries, drop, retention."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_history.py"), "--dsn", DSN, "--rows", "40000",
+         "--writer-rows", "2000", "--repeat", "1"],
+        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for line in ("writer fresh", "history insert", "growth curve 90 days part", "Index Scan",
+                 "drop one month", "conversion of 40,000 rows", "retention run"):
+        assert line in out, line

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -16,6 +17,7 @@ import orjson
 import pytest
 
 from collector import cli
+from collector.storage import partitions
 from tests import fixtures_sim
 
 TOKEN = "tok-CLITEST-0123456789"
@@ -209,3 +211,33 @@ async def test_signal_during_once_flushes_and_exits_128_plus_signal(
     assert summary["accounts_ok"] < 6  # stopped early
     # What was fetched before the signal was written: every account's profile came first.
     assert await count(db_dsn, "ig_account") == 6
+
+
+async def test_prune_dry_run_and_db_size(tmp_path: Path, db_dsn: str) -> None:
+    """`prune --dry-run` changes nothing and says what it would drop; `prune` drops it; `db-size` prints
+    every table with its projections."""
+    old = partitions.Month.of(datetime.now(UTC)).next(-4)
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        await partitions.create_partition(conn, partitions.HISTORY, old)
+        await conn.execute("INSERT INTO ig_media_insight_history (media_id, metric, value, collected_at) "
+                           "VALUES (1, 'reach', 1, $1)", old.start)
+    finally:
+        await conn.close()
+    path = write_config(tmp_path, f'[database]\nurl = "{db_dsn}"\n[retention]\nhistory_days = 60\n')
+    name = partitions.partition_name(partitions.HISTORY, old)
+
+    dry = await arun("prune", "-c", str(path), "--dry-run")
+    assert dry[0] == 0, dry
+    assert f"would drop               {name}" in dry[1] and "rows 1 -> 0" in dry[1] and "dry run" in dry[1]
+    assert await count(db_dsn, "ig_media_insight_history") == 1
+    done = await arun("prune", "-c", str(path))
+    assert done[0] == 0, done
+    assert "did drop" in done[1] and name in done[1]
+    assert await count(db_dsn, "ig_media_insight_history") == 0
+
+    size = await arun("db-size", "-c", str(path), "--days", "3")
+    assert size[0] == 0, size
+    for table in ("ig_media_insight_history", "ig_media", "ig_account_insight", "collector_job_state"):
+        assert table in size[1]
+    assert "size +365d" in size[1] and "last 3 days" in size[1]

@@ -49,6 +49,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert cfg.graph == settings.GraphSettings()
     assert cfg.schedule == settings.ScheduleSettings()
     assert cfg.webhook is None
+    assert cfg.retention == settings.RetentionSettings(history_days=None, history_full_days=None)  # keep all
     # Relative paths resolve against the config's folder, and the embedded database lives in the state dir.
     assert cfg.state_dir == tmp_path / ".state"
     assert cfg.database.embedded_dir == tmp_path / ".state" / "postgres"
@@ -58,7 +59,7 @@ def test_example_config_is_valid_and_matches_the_defaults(monkeypatch: pytest.Mo
     monkeypatch.setenv("IG_TOKEN_1", "example-token-1")
     cfg = config.load(Path(__file__).parent.parent / "config" / "example.toml")
     assert len(cfg.accounts) == 3
-    for section in ("graph", "rate_limit", "retry", "collect", "schedule", "http", "log", "app"):
+    for section in ("graph", "rate_limit", "retry", "collect", "schedule", "http", "log", "app", "retention"):
         assert getattr(cfg, section) == getattr(settings.Config(source=Path(), accounts=()), section), section
 
 
@@ -89,7 +90,11 @@ json = true
 [app]
 app_id = "1234"
 app_secret = "another-secret-77"
+[retention]
+history_days = 730
+history_full_days = 90
 """))
+    assert cfg.retention == settings.RetentionSettings(history_days=730, history_full_days=90)
     assert cfg.state_dir == Path("/var/lib/ig")
     assert cfg.database.embedded_dir == Path("/var/lib/ig/postgres")
     assert cfg.database.pool_max_size == 8
@@ -163,6 +168,11 @@ def test_ten_thousand_csv_rows_load(tmp_path: Path) -> None:
      "http(s) URL"),
     ("[http]\nlisten = '9464'\n" + ACCOUNT, "[http] listen", "host:port"),
     ("[log]\nlevel = 'loud'\n" + ACCOUNT, "[log] level", "unknown level"),
+    ("[retention]\nhistory_days = 0\n" + ACCOUNT, "[retention] history_days", "greater than 0"),
+    ("[retention]\nhistory_days = 1.5\n" + ACCOUNT, "[retention] history_days", "whole number"),
+    ("[retention]\nhistory_days = 30\nhistory_full_days = 30\n" + ACCOUNT, "[retention] history_full_days",
+     "less than history_days"),
+    ("[retention]\nkeep_days = 3\n" + ACCOUNT, "[retention] keep_days", "unknown key"),
     ("[rate_limit]\nslow_down_at_pct = 120\n" + ACCOUNT, "[rate_limit] slow_down_at_pct",
      "at most 100"),
     ("[database]\nurl = 'mysql://u:pw@x/y'\n" + ACCOUNT, "[database] url", "postgresql://"),

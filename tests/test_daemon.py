@@ -35,6 +35,7 @@ from prometheus_client import parser
 
 from collector import catalogue, pacific
 from collector.simulator import world as world_mod
+from collector.storage import migrations, partitions
 from tests import fixtures_db, fixtures_sim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -677,3 +678,36 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
                             check=False)
     assert result.returncode == 0, result.stderr
     assert "ig-collector.service" not in result.stderr, result.stderr  # no warning about our unit
+
+
+async def test_daily_maintenance_applies_retention_at_start(tmp_path: Path, database: str,
+                                                            sim: fixtures_sim.RunningSimulator,
+                                                            processes: list[DaemonProcess]) -> None:
+    """The daemon's maintenance task runs once at start: the months ahead exist and [retention] drops a
+    month partition entirely older than history_days (then it runs daily)."""
+    conn = await asyncpg.connect(database)
+    old = partitions.Month.of(datetime.now(UTC)).next(-3)
+    try:
+        await migrations.migrate(conn)
+        await partitions.create_partition(conn, partitions.HISTORY, old)
+        await conn.execute("INSERT INTO ig_media_insight_history (media_id, metric, value, collected_at) "
+                           "VALUES (1, 'reach', 1, $1)", old.start)
+    finally:
+        await conn.close()
+    setup = Setup(tmp_path, database, sim, extra="\n[retention]\nhistory_days = 30")
+    setup.write(setup.sim.accounts()[:1])
+    daemon = DaemonProcess(setup)
+    processes.append(daemon)
+    await daemon.start()
+    await until(lambda: daemon.logged("history_maintenance_done"), 20, daemon)
+    dropped = [e["partition"] for e in daemon.events("retention_applied") if e["action"] == "drop"]
+    assert dropped == [partitions.partition_name(partitions.HISTORY, old)]
+    assert await daemon.stop() == 0
+    conn = await asyncpg.connect(database)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM ig_media_insight_history WHERE media_id = 1") == 0
+        names = {p.month for p in await partitions.list_partitions(conn, partitions.HISTORY)}
+        now = partitions.Month.of(datetime.now(UTC))
+        assert {now, now.next(), now.next(2)} <= names and old not in names
+    finally:
+        await conn.close()

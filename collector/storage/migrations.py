@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import asyncpg
@@ -18,6 +20,7 @@ import asyncpg.pool
 import structlog
 
 from collector import exceptions
+from collector.storage import conversion, partitions
 
 # Any fixed 64-bit key shared by every collector process ("igc-migr" in ASCII).
 _LOCK_KEY = 0x6967632D6D696772
@@ -35,7 +38,8 @@ COMMENT ON TABLE collector_schema_migrations IS
     'Applied sql/NNN_name.sql files (version = NNN); checksum is the sha256 of the file as applied.';
 """
 
-# Rows applied but not shipped (or changed), plus shipped but not applied: none when up to date.
+# Rows applied but not shipped (or changed), shipped but not applied, a pending history conversion, a missing
+# partition of the furthest month ahead: none when up to date.
 _UP_TO_DATE = """
 WITH shipped(version, checksum) AS (VALUES $shipped)
 SELECT 1 FROM collector_schema_migrations a
@@ -44,6 +48,10 @@ UNION ALL
 SELECT 1 FROM shipped s
  WHERE NOT EXISTS (SELECT 1 FROM collector_schema_migrations a
                    WHERE a.version = s.version AND a.checksum = s.checksum)
+UNION ALL
+SELECT 1 WHERE to_regclass('collector_history_conversion') IS NOT NULL
+UNION ALL
+SELECT 1 FROM (VALUES $ahead) AS ahead(name) WHERE to_regclass(ahead.name) IS NULL
 """
 
 _log = structlog.get_logger(__name__)
@@ -77,20 +85,37 @@ def available() -> list[Migration]:
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
-async def migrate(conn: Connection) -> list[str]:
-    """Apply the pending migrations; return the names applied (`"001_init"`), empty when up to date.
+async def migrate(conn: Connection, *, now: datetime | None = None, upto: int | None = None,
+                  finish: bool = True, batch_pages: int = conversion.BATCH_PAGES) -> list[str]:
+    """Apply the pending migrations (those up to version `upto` when given); return the names applied
+    (`"001_init"`), empty when up to date.
+
+    Unless `finish` is false, still under the lock: a pending conversion of the history to a partitioned
+    table (started by 003; collector.storage.conversion, copying `batch_pages` pages per transaction) is
+    finished before the next file is applied, so later migrations always meet the partitioned table; at the
+    end the partitions of the Pacific month of `now` (default: the clock) and the months ahead are created
+    (collector.storage.partitions). `upto` and `finish=False` are for tests and benchmarks that need a
+    database as an older version left it.
 
     Raises StorageError when an applied file changed, the database is newer than this code, or a
     migration fails (that migration is rolled back; earlier ones stay applied).
     """
-    migrations = available()
+    migrations = [m for m in available() if upto is None or m.version <= upto]
     try:
-        if await up_to_date(conn, migrations):
+        if await up_to_date(conn, migrations, now):
             return []
         # A session lock (not a transaction one) so it spans the per-file transactions.
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         try:
-            return await _apply(conn, migrations)
+            moment = now or datetime.now(UTC)
+
+            async def finish_conversion() -> None:
+                await conversion.finish(conn, moment, batch_pages=batch_pages)
+
+            done = await _apply(conn, migrations, between=finish_conversion if finish else None)
+            if finish:
+                await _ensure_partitions(conn, moment)
+            return done
         finally:
             if not conn.is_closed():
                 await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
@@ -98,22 +123,37 @@ async def migrate(conn: Connection) -> list[str]:
         raise exceptions.StorageError(f"database migration failed: {exc}") from exc
 
 
-async def up_to_date(conn: Connection, migrations: list[Migration]) -> bool:
-    """Whether every shipped migration is applied, unchanged, and nothing else is: one round trip (the simple
-    query protocol, no prepare), so a start with nothing pending costs no lock and no schema statement. Any
-    doubt (no table yet, a difference) sends the caller down the locked path, which says what is wrong."""
+async def up_to_date(conn: Connection, migrations: list[Migration], now: datetime | None = None) -> bool:
+    """Whether every shipped migration is applied, unchanged, and nothing else is, no history conversion is
+    pending and the partitions ahead exist: one round trip (the simple query protocol, no prepare), so a start
+    with nothing pending costs no lock and no schema statement. Any doubt (no table yet, a difference) sends
+    the caller down the locked path, which says what is wrong and does what is missing."""
     if not migrations:
         return False
     shipped = ", ".join(f"({m.version}, '{m.checksum}')" for m in migrations)  # ints and hex digests only
+    furthest = partitions.Month.of(now or datetime.now(UTC)).next(partitions.MONTHS_AHEAD)
+    ahead = ", ".join(f"('{partitions.partition_name(spec, furthest)}')" for spec in partitions.PARTITIONED)
     try:
         # Literals, not parameters: parameters would need the extended protocol (a second round trip).
-        status = await conn.execute(_UP_TO_DATE.replace("$shipped", shipped))
+        status = await conn.execute(_UP_TO_DATE.replace("$shipped", shipped).replace("$ahead", ahead))
     except asyncpg.UndefinedTableError:
         return False
     return status == "SELECT 0"
 
 
-async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
+
+async def _ensure_partitions(conn: Connection, now: datetime) -> None:
+    """Months ahead; a lock timeout (a long query on the table) is not fatal: rows of a missing month go to
+    the default partition, and the daemon's daily maintenance tries again."""
+    try:
+        await partitions.ensure(conn, now)
+    except asyncpg.LockNotAvailableError as exc:
+        _log.warning("partitions_not_created", error=str(exc), retry="daily maintenance")
+
+
+async def _apply(conn: Connection, migrations: list[Migration], *,
+                 between: Callable[[], Awaitable[None]] | None = None) -> list[str]:
+    """Apply the files not applied yet, in order; `between` runs before each of them and after the last."""
     await conn.execute(_BOOTSTRAP)
     rows = await conn.fetch(
         "SELECT version, name, checksum FROM collector_schema_migrations ORDER BY version")
@@ -132,6 +172,8 @@ async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
     for m in migrations:
         if m.version in applied:
             continue
+        if between is not None:
+            await between()
         label = f"{m.version:03d}_{m.name}"
         try:
             async with conn.transaction():
@@ -143,4 +185,6 @@ async def _apply(conn: Connection, migrations: list[Migration]) -> list[str]:
             raise exceptions.StorageError(f"migration {label} failed: {exc}") from exc
         _log.info("migration_applied", version=m.version, name=m.name)
         done.append(label)
+    if between is not None:
+        await between()
     return done

@@ -97,11 +97,16 @@ def _transient(exc: BaseException) -> bool:
     """A failure that another attempt on a fresh connection can get past: the database or the connection
     went away, whatever the exception says on the surface. Only a rejection of the data by PostgreSQL (an
     ERROR with a SQLSTATE outside the connection, resource and operator classes) or a client-side bug on a
-    live connection is not.
+    live connection is not. One rejection is transient too: a history row that met its month's partition
+    being attached.
 
     The chain counts: a connection cut mid-COPY makes the transaction's ROLLBACK fail with an InterfaceError
     ("another operation is in progress") or an InternalClientError ("cannot switch to state …"), raised
     while the real cause (ConnectionDoesNotExistError, AdminShutdownError) is being handled."""
+    if isinstance(exc, asyncpg.CheckViolationError) and "violates partition constraint" in str(exc):
+        # A history row routed to the default partition while its month's partition was being attached
+        # (collector.storage.partitions): routed again, it goes to the new partition.
+        return True
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
