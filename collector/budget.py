@@ -15,8 +15,11 @@ possibly a few calls late. It never says how large the budget is, nor how long i
 - **never more in flight than left**: calls in flight plus the one about to leave stay at most the calls left
   minus `margin_calls` (reports can lag a few calls behind: the margin is never spent).
 - **spread near zero**: the last `reserve` calls above the margin leave one at a time, `spacing_s` apart: the
-  window's refill rate (window / budget) once the window is known, else probes 1 s, 2 s, 4 s ... apart, each
-  asking whether the window rolled. The percentage falling ends the probing: calls aged out of the window,
+  window's refill rate (window / budget) once the window is known, else probes 2 s, 4 s, 8 s ... apart, each
+  asking whether the window rolled — but never further apart than the refill rate of the window Meta
+  documents for the scope (`documented_window_s`: 1 h for the app, 24 h for an account's BUC budget), so a
+  large budget with a long window (80 % of 8,000 calls an hour) is spent at its refill rate instead of
+  crawling at one probe a minute. The percentage falling ends the probing: calls aged out of the window,
   and the send times of our own oldest calls bound its length.
 - **no report, or reports that stopped**: with no report yet, or the last one older than `max_age_s`, or no
   rise seen yet (cost unknown), calls leave at once; the caller bounds them (an account's own fan-out).
@@ -42,12 +45,16 @@ class ScopeBudget:
     """Budget accounting of one scope (an app host or an account). Not thread-safe; one event loop."""
 
     __slots__ = ("_base_pct", "_changed", "_cost", "_fallen", "_lead", "_probe_s", "_report_sent_at",
-                 "_reports", "_sends", "_silent", "_spreading", "_steps", "_untracked", "in_flight",
-                 "last_send_at", "margin_calls", "max_age_s", "max_in_flight", "pct", "reported_at",
-                 "window_s")
+                 "_reports", "_sends", "_silent", "_spreading", "_steps", "_untracked", "documented_window_s",
+                 "in_flight", "last_send_at", "margin_calls", "max_age_s", "max_in_flight", "pct",
+                 "reported_at", "window_s")
 
-    def __init__(self, margin_calls: int, max_age_s: float, max_in_flight: int | None = None) -> None:
+    def __init__(self, margin_calls: int, max_age_s: float, max_in_flight: int | None = None, *,
+                 documented_window_s: float | None = None) -> None:
         self.margin_calls = margin_calls
+        # The rolling window Meta documents for this kind of scope (reference §6.1); the probes' spacing never
+        # exceeds its refill rate. None: no such bound.
+        self.documented_window_s = documented_window_s
         self.max_in_flight = max_in_flight  # None: unbounded (the app scope: the connector bounds it)
         self.max_age_s = max_age_s
         self.pct: int | None = None  # the last reported percentage
@@ -118,6 +125,8 @@ class ScopeBudget:
         budget = self.budget_calls()
         if self.window_s is not None and budget:
             return self.window_s / budget
+        if self.documented_window_s is not None and budget:
+            return min(self._probe_s, self.documented_window_s / budget)
         return self._probe_s
 
     # -- admission ---------------------------------------------------------------------------------------

@@ -55,6 +55,11 @@ Scope = Literal["app", "account"]
 
 APP_USAGE_HEADER = "X-App-Usage"
 BUC_USAGE_HEADER = "X-Business-Use-Case-Usage"
+# The rolling windows Meta documents (reference §6.1): the platform (app) budget per hour, the Instagram BUC
+# budget per app + account per 24 h. The budget pacing spends a nearly spent scope no slower than their
+# refill rate while it has not measured the real window.
+APP_WINDOW_S = 3600.0
+BUC_WINDOW_S = 86400.0
 
 _APP_BUCKET_S = 0.1  # the app limiter's bucket holds this many seconds of calls
 _WAKE_SPREAD_FRACTION = 0.1  # waiters wake within 10 % of the pause length after it ends ...
@@ -513,7 +518,7 @@ class Throttle:
         if rate > 0:
             bucket = max(1.0, rate * _APP_BUCKET_S)
             limiter = aiolimiter.AsyncLimiter(bucket, bucket / rate)
-        state = self._apps[host] = _ScopeState(limiter, rate, self._new_budget(None))
+        state = self._apps[host] = _ScopeState(limiter, rate, self._new_budget(None, APP_WINDOW_S))
         return state
 
     def _new_account(self, account_id: str) -> _ScopeState:
@@ -523,10 +528,11 @@ class Throttle:
             bucket = float(max(1, self._settings.account_burst))
             limiter = aiolimiter.AsyncLimiter(bucket, bucket / rate)
         state = self._accounts[account_id] = _ScopeState(limiter, rate,
-                                                         self._new_budget(self._settings.account_max_in_flight))
+                                                         self._new_budget(self._settings.account_max_in_flight,
+                                                                          BUC_WINDOW_S))
         return state
 
-    def _new_budget(self, max_in_flight: int | None) -> _BudgetGate:
+    def _new_budget(self, max_in_flight: int | None, documented_window_s: float) -> _BudgetGate:
         rl = self._settings
-        return _BudgetGate(budget.ScopeBudget(rl.budget_margin_calls, rl.usage_max_age_s, max_in_flight),
-                           self._clock)
+        return _BudgetGate(budget.ScopeBudget(rl.budget_margin_calls, rl.usage_max_age_s, max_in_flight,
+                                              documented_window_s=documented_window_s), self._clock)

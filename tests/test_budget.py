@@ -201,3 +201,26 @@ def test_large_budget_is_not_slowed() -> None:
     # Meta's usual case: a budget of thousands of calls; 300 calls all leave at full concurrency.
     outcome = drive(4800, 3600.0, 300)
     assert outcome.done_at == pytest.approx(0.05 * 300 / 12, rel=0.05)  # virtual time: 25 round trips
+
+
+def test_a_long_documented_window_caps_the_probe_spacing_at_its_refill_rate() -> None:
+    """80 % of an 8,000-call hourly app budget used before we start: the reserve is 1,600 calls, the window has
+    not been seen to roll. Without the documented window the probes would crawl 2 s, 4 s ... 60 s apart for the
+    rest of the hour; with it they leave at the refill rate of 8,000 calls an hour (0.45 s)."""
+    for window_s, expected in ((None, 2.0), (3600.0, 3600.0 / 8000)):
+        scope = budget.ScopeBudget(3, 60.0, None, documented_window_s=window_s)
+        now = 0.0
+        call(scope, 80, now)
+        for _ in range(79):  # 1/80 % a call: the percentage rises after 80 calls
+            call(scope, 80, now)
+        call(scope, 81, now)
+        assert scope.budget_calls() == pytest.approx(8000.0)
+        assert scope.delay_s(now) == pytest.approx(expected)
+        spacings = []
+        for _ in range(8):  # the probes grow while the window is unknown, up to the documented refill rate
+            wait = scope.delay_s(now)
+            assert wait is not None
+            now += wait
+            spacings.append(wait)
+            call(scope, 81, now)
+        assert max(spacings) == pytest.approx(expected if window_s else budget.PROBE_MAX_S)
