@@ -498,17 +498,12 @@ class Collector:
         followers = await self._followers_of(run.account)
         rows: list[models.AccountInsightRow] = []
         absent = jobs.Absences("account", run.user_id, run.now, self._metrics)
-        # Each (metric, breakdown) is its own call and its own answer: they go at once, within the account's
-        # fan-out (8 in a row were the longest chain of a small account's pass).
-        pairs = [(metric, breakdown) for metric in self._catalogue.demographics()
-                 for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS]
-
-        async def demographic(pair: tuple[str, str]) -> None:
-            self._check_stop()
-            await self._demographic(run, *pair, followers=followers, rows=rows, absent=absent)
-
         try:
-            await jobs.bounded(pairs, demographic, self._collect.media_concurrency_per_account)
+            for metric in self._catalogue.demographics():
+                for breakdown in catalogue.DEMOGRAPHIC_BREAKDOWNS:
+                    self._check_stop()
+                    await self._demographic(run, metric, breakdown, followers=followers, rows=rows,
+                                            absent=absent)
             await self._online_followers(run, followers, rows, absent)
         finally:  # an account-level error or a stop ends the job; what was fetched is stored
             if rows:
