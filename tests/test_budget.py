@@ -204,9 +204,9 @@ def test_large_budget_is_not_slowed() -> None:
 
 
 def test_a_long_documented_window_caps_the_probe_spacing_at_its_refill_rate() -> None:
-    """80 % of an 8,000-call hourly app budget used before we start: the reserve is 1,600 calls, the window has
-    not been seen to roll. Without the documented window the probes would crawl 2 s, 4 s ... 60 s apart for the
-    rest of the hour; with it they leave at the refill rate of 8,000 calls an hour (0.45 s)."""
+    """80 % of an 8,000-call hourly app budget used before we start: the reserve is 1,600 calls, the window
+    has not been seen to roll. Without the documented window the probes would crawl 2 s, 4 s ... 60 s apart
+    for the rest of the hour; with it they leave at the refill rate of 8,000 calls an hour (0.45 s)."""
     for window_s, expected in ((None, 2.0), (3600.0, 3600.0 / 8000)):
         scope = budget.ScopeBudget(3, 60.0, None, documented_window_s=window_s)
         now = 0.0
