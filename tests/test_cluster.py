@@ -69,56 +69,21 @@ def write_node(base: Path, name: str, dsn: str, sim: fixtures_sim.RunningSimulat
                accounts: list[world_mod.SimAccount], *, workers: int) -> Node:
     folder = base / name
     folder.mkdir(parents=True)
-    rows = (f"{a.ig_user_id},{a.login},{a.access_token}" for a in accounts)
-    lines = ["ig_user_id,login,access_token", *rows]
-    (folder / "accounts.csv").write_text("\n".join(lines) + "\n")
-    config = folder / "config.toml"
     port = free_port()
-    config.write_text(f"""
-accounts_file = "accounts.csv"
-state_dir = "state"
-
-[graph]
-instagram_base_url = "{sim.base_url}"
-facebook_base_url = "{sim.base_url}"
-request_timeout_s = 5.0
-
-[rate_limit]
-app_calls_per_s = 0
-account_calls_per_s = 0
-
-[retry]
-base_delay_s = 0.05
-max_delay_s = 0.5
-
-[collect]
-account_backfill_days = {BACKFILL_DAYS}
-media_max_age_days = {MEDIA_MAX_AGE_DAYS}
-max_concurrent_accounts = {workers}
-
-[schedule]
-media_discovery_interval_s = 3600.0
-stories_interval_s = 3600.0
-profile_interval_s = 3600.0
-demographics_interval_s = 3600.0
-tick_s = 0.1
-shutdown_grace_s = 3.0
-job_retry_base_s = 0.5
-
-[log]
-level = "info"
-json = true
-
-[database]
-url = "{dsn}"
-connect_timeout_s = 2.0
-
-[http]
-listen = "127.0.0.1:{port}"
-
-[cluster]
-lease_s = {LEASE_S}
-""")
+    config = fixtures_sim.write_config(folder, sim, dsn, accounts=accounts, accounts_csv=True, sections={
+        "graph": {"request_timeout_s": 5.0},
+        "rate_limit": {"app_calls_per_s": 0, "account_calls_per_s": 0},
+        "retry": {"base_delay_s": 0.05, "max_delay_s": 0.5},
+        "collect": {"account_backfill_days": BACKFILL_DAYS, "media_max_age_days": MEDIA_MAX_AGE_DAYS,
+                    "max_concurrent_accounts": workers},
+        "schedule": {"media_discovery_interval_s": 3600.0, "stories_interval_s": 3600.0,
+                     "profile_interval_s": 3600.0, "demographics_interval_s": 3600.0, "tick_s": 0.1,
+                     "shutdown_grace_s": 3.0, "job_retry_base_s": 0.5},
+        "log": {"level": "info", "json": True},
+        "database": {"connect_timeout_s": 2.0},
+        "http": {"listen": f"127.0.0.1:{port}"},
+        "cluster": {"lease_s": LEASE_S},
+    })
     return Node(folder, config, port)
 
 
