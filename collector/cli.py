@@ -90,7 +90,7 @@ def run_async(main: Callable[[Signals], Awaitable[int]], *, use_uvloop: bool = T
             signals.uninstall(loop)
         return signals.exit_code if signals.exit_code is not None else code
 
-    with asyncio.Runner(loop_factory=eventloop.loop_factory(use_uvloop)) as runner:
+    with eventloop.runner(use_uvloop) as runner:
         try:
             return runner.run(wrapper())
         except asyncio.CancelledError:

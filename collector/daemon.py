@@ -83,7 +83,7 @@ def run(config_path: Path, args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT; the exit code (0 after a clean stop)."""
     cfg = config.load(config_path)
     use_uvloop = not getattr(args, "no_uvloop", False)
-    with asyncio.Runner(loop_factory=eventloop.loop_factory(use_uvloop)) as runner:
+    with eventloop.runner(use_uvloop) as runner:
         return runner.run(Daemon(config_path, cfg).serve())
 
 

@@ -64,7 +64,7 @@ def pin(cpu: int | None) -> None:
 def run_loop(main: Callable[[], Coroutine[Any, Any, int]], *, uvloop: bool) -> int:
     from collector import eventloop  # noqa: PLC0415  # after the sys.path line above
 
-    with asyncio.Runner(loop_factory=eventloop.loop_factory(uvloop)) as runner:
+    with eventloop.runner(uvloop) as runner:
         return runner.run(main())
 
 

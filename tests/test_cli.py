@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 import pytest
 
-from collector import cli
+from collector import cli, eventloop
 from collector.storage import partitions
 from tests import fixtures_sim
 
@@ -241,3 +241,14 @@ async def test_prune_dry_run_and_db_size(tmp_path: Path, db_dsn: str) -> None:
     for table in ("ig_media_insight_history", "ig_media", "ig_account_insight", "collector_job_state"):
         assert table in size[1]
     assert "size +365d" in size[1] and "last 3 days" in size[1]
+
+
+def test_command_loops_collect_garbage_less_often_and_freeze_start_up() -> None:
+    # The runner every command's loop comes from tunes the cyclic GC (docs/benchmarks.md, issue 9): the
+    # first-generation threshold is raised and what start-up made is moved to the permanent generation.
+    code = ("import gc; from collector import eventloop\n"
+            "with eventloop.runner(False) as r: r.run(__import__('asyncio').sleep(0))\n"
+            "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=60)
+    assert done.stdout.split() == [str(eventloop.GC_FIRST_GENERATION_THRESHOLD), "True"]

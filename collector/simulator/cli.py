@@ -136,7 +136,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     # uvloop roughly halves the server's CPU per request, so benchmarks measure the client, not us.
-    with asyncio.Runner(loop_factory=eventloop.loop_factory(True)) as runner:
+    with eventloop.runner(True) as runner:
         return runner.run(serve(args))
 
 
