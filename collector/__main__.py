@@ -2,4 +2,4 @@
 
 from collector import cli
 
-raise SystemExit(cli.main())
+cli.console_main()
