@@ -535,3 +535,40 @@ async def test_sim_invalid_token_is_token_invalid(start_simulator: StartSimulato
                 await client.get(sim_account(acc), acc.ig_user_id, {"fields": "id"}, endpoint="profile")
             assert caught.value.code == 190 and caught.value.subcode == acc.token_error
             assert acc.access_token not in exception_text(caught.value)
+
+
+async def test_connection_slots_go_to_openers_first_in_arrival_order() -> None:
+    # Two connections, both taken; then leaves and openers (profiles, listings) queue for them.
+    slots = graph._Slots(2)
+    assert await slots.acquire(False) is False and await slots.acquire(True) is False  # free: no wait
+    served: list[str] = []
+
+    async def call(name: str, opener: bool) -> None:
+        assert await slots.acquire(opener) is True  # every one of these had to wait
+        served.append(name)
+
+    names = [("leaf-1", False), ("opener-1", True), ("leaf-2", False), ("opener-2", True)]
+    tasks = [asyncio.create_task(call(name, opener)) for name, opener in names]
+    await asyncio.sleep(0)
+    for _ in names:
+        slots.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert served == ["opener-1", "opener-2", "leaf-1", "leaf-2"]
+
+
+async def test_connection_slots_never_leak_when_waiters_are_cancelled() -> None:
+    slots = graph._Slots(1)
+    await slots.acquire(False)
+    queued = asyncio.create_task(slots.acquire(False))  # cancelled while waiting
+    handed = asyncio.create_task(slots.acquire(True))  # cancelled after the slot was handed to it
+    after = asyncio.create_task(slots.acquire(False))
+    await asyncio.sleep(0)
+    queued.cancel()
+    slots.release()  # goes to `handed` (an opener) ...
+    handed.cancel()  # ... which is cancelled before it runs: the slot passes on to `after`
+    await asyncio.sleep(0)
+    assert queued.cancelled() and handed.cancelled()
+    assert await after is True
+    slots.release()
+    assert await slots.acquire(False) is False  # exactly one slot, free again, nobody waiting
