@@ -25,6 +25,7 @@ import collections
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -387,26 +388,52 @@ def once_run(work: Path, sim: Simulator, dsn_server: str | None,
 def small_agency_main(args: argparse.Namespace, work: Path,
                       dsn_server: str | None) -> tuple[dict[str, Any], bool]:
     """40 accounts x 25 media, 50 +- 10 ms, 7 backfill days: `ig-collector once` spawn to exit, beside the
-    bare-aiohttp replay of the same requests."""
+    bare-aiohttp replay of the same requests; `--repeat` times, alternating, judged by the medians (this VM's
+    speed drifts by tens of percent from one run to the next: the CPU seconds of the same work too)."""
     sim = Simulator(work, args, args.accounts)
+    runs: list[dict[str, Any]] = []
     try:
-        once, stats = once_run(work, sim, dsn_server, args)
-        base, _ = baseline_run(work, sim, args)
+        for _ in range(args.repeat):
+            sim_cpu_before = sim.cpu_s()
+            once, stats = once_run(work, sim, dsn_server, args)
+            sim_cpu_once = sim.cpu_s() - sim_cpu_before
+            base, base_sim = baseline_run(work, sim, args)
+            runs.append({
+                "calls": stats["calls"], "once_wall_s": round(once["wall_s"], 2),
+                "first_graph_call_s": None if once["first_call_s"] is None
+                else round(once["first_call_s"], 3),
+                "once_exit_code": once["exit_code"], "throttled": stats.get("throttled_total"),
+                "once_cpu_s": round(once["cpu_s"], 2), "load_average": os.getloadavg()[0],
+                "baseline_wall_s": round(base.result["wall_s"], 2), "baseline_calls": base.result["calls"],
+                "sim_cpu_s_once": round(sim_cpu_once, 2), "sim_cpu_s_baseline": round(base_sim[0], 2),
+                "import_aiohttp_s": round(import_floor(), 3)})
     finally:
         sim.close()
+    median = {key: statistics.median(run[key] for run in runs)
+              for key in ("once_wall_s", "once_cpu_s", "baseline_wall_s", "sim_cpu_s_once",
+                          "sim_cpu_s_baseline", "import_aiohttp_s")}
+    first_calls = [run["first_graph_call_s"] for run in runs if run["first_graph_call_s"] is not None]
+    median["first_graph_call_s"] = statistics.median(first_calls) if first_calls else None
     out = {"small_agency": {
         "params": {k: getattr(args, k) for k in ("accounts", "media", "latency_ms", "jitter", "days")},
-        "non_default": non_default(args), "calls": stats["calls"],
-        "once_wall_s": round(once["wall_s"], 2),
-        "first_graph_call_s": None if once["first_call_s"] is None else round(once["first_call_s"], 3),
-        "once_exit_code": once["exit_code"], "throttled": stats.get("throttled_total"),
-        "once_cpu_s": round(once["cpu_s"], 2), "load_average": os.getloadavg()[0],
-        "baseline_wall_s": round(base.result["wall_s"], 2), "baseline_calls": base.result["calls"],
-        "baseline_concurrency": args.concurrency}}
+        "non_default": non_default(args), "baseline_concurrency": args.concurrency, "runs": runs,
+        "median": {key: None if value is None else round(value, 3) for key, value in median.items()}}}
     # Exit 1 is the world's doing: its invalid-token accounts fail (as they should).
-    ok = once["exit_code"] in (0, 1) and once["wall_s"] <= TARGET_SMALL_AGENCY_S
-    ok &= once["first_call_s"] is not None and once["first_call_s"] <= TARGET_FIRST_CALL_S
+    ok = all(run["once_exit_code"] in (0, 1) for run in runs)
+    ok &= median["once_wall_s"] <= TARGET_SMALL_AGENCY_S
+    ok &= median["first_graph_call_s"] is not None and median["first_graph_call_s"] <= TARGET_FIRST_CALL_S
     return out, ok
+
+
+def import_floor() -> float:
+    """Spawn to exit of `python -c "import aiohttp"` (median of 3): a floor under any client's first call on
+    this machine, printed beside the first-call figure."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import aiohttp"], check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def baseline_run(work: Path, sim: Simulator,
@@ -514,12 +541,20 @@ def print_report(out: dict[str, Any]) -> None:
         print(f"\nsmall agency: {p['accounts']} accounts x {p['media']} media, {p['latency_ms']} ms ± "
               f"{p['jitter'] * 100:.0f} %, {p['days']} backfill days; non-default settings: "
               f"{a['non_default'] or 'none'}")
-        print(f"  ig-collector once  spawn to exit {a['once_wall_s']} s (target <= {TARGET_SMALL_AGENCY_S}), "
-              f"first Graph call after {a['first_graph_call_s']} s (target <= {TARGET_FIRST_CALL_S}), "
-              f"{a['calls']} calls, exit {a['once_exit_code']}, CPU {a['once_cpu_s']} s; "
-              f"load average {a['load_average']:.1f} on {os.cpu_count()} cores")
-        print(f"  bare aiohttp replay of the same {a['baseline_calls']} requests: {a['baseline_wall_s']} s "
-              f"(concurrency {a['baseline_concurrency']})")
+        for number, run in enumerate(a["runs"], 1):
+            print(f"  run {number}: once spawn to exit {run['once_wall_s']} s, first Graph call after "
+                  f"{run['first_graph_call_s']} s, {run['calls']} calls, exit {run['once_exit_code']}, CPU "
+                  f"{run['once_cpu_s']} s | replay of the same {run['baseline_calls']} requests "
+                  f"{run['baseline_wall_s']} s | simulator CPU {run['sim_cpu_s_once']} s (once), "
+                  f"{run['sim_cpu_s_baseline']} s (replay) | `python -c 'import aiohttp'` "
+                  f"{run['import_aiohttp_s']} s | load average {run['load_average']:.1f} on "
+                  f"{os.cpu_count()} cores")
+        m = a["median"]
+        print(f"  median of {len(a['runs'])}: ig-collector once spawn to exit {m['once_wall_s']} s "
+              f"(target <= {TARGET_SMALL_AGENCY_S}), first Graph call after {m['first_graph_call_s']} s "
+              f"(target <= {TARGET_FIRST_CALL_S}), CPU {m['once_cpu_s']} s; bare aiohttp replay of the same "
+              f"requests {m['baseline_wall_s']} s (concurrency {a['baseline_concurrency']}); "
+              f"`python -c 'import aiohttp'` alone {m['import_aiohttp_s']} s")
         return
     if "scale" in out:
         print("\nscale (peak RSS as N grows):")
@@ -585,6 +620,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default="info", help="the collector's [log] level (default info)")
     p.add_argument("--small-agency", action="store_true",
                    help="40 accounts x 25 media, 50 ± 10 ms, 7 days: `ig-collector once` spawn to exit")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="--small-agency: runs (once, then the replay), judged by the medians (default 1)")
     p.add_argument("--collector-root", type=Path, default=ROOT,
                    help="--small-agency: run `python -m collector` from this checkout (a worktree of main "
                         "for a before/after)")

@@ -58,3 +58,17 @@ def test_history_benchmark_runs_at_a_toy_size() -> None:
     for line in ("writer fresh", "history insert", "growth curve 90 days part", "Index Scan",
                  "drop one month", "conversion of 40,000 rows", "retention run"):
         assert line in out, line
+
+
+def test_small_agency_mode_runs_once_and_the_replay(tmp_path: Path) -> None:
+    # The world is the (40 x 25, 7 days: --small-agency overrides the toy sizes), once (~25 s).
+    result = _bench(tmp_path, "--small-agency", "--repeat", "1")
+    agency = result["small_agency"]
+    assert isinstance(agency, dict)
+    runs = agency["runs"]
+    assert len(runs) == 1
+    for run in runs:
+        assert run["once_exit_code"] in (0, 1)  # 1: the world's invalid-token accounts fail, as they should
+        assert run["calls"] == run["baseline_calls"] > 0  # the replay sends exactly what `once` sent
+        assert run["first_graph_call_s"] is not None and run["import_aiohttp_s"] > 0
+    assert set(agency["median"]) >= {"once_wall_s", "first_graph_call_s", "baseline_wall_s"}
