@@ -6,12 +6,12 @@ only in the `access_token` query parameter: they are registered with `redaction`
 messages never contain a query string, and a foreign exception whose text holds the token is replaced by
 a redacted copy before it is chained.
 
-Call path: `Throttle.acquire` (pauses, pacing, limiters, budgets) -> semaphore (tasks in flight <= connector
-limit, limits.md) -> HTTP -> `Throttle.done` (usage headers; frees the budget slot, whatever happened) ->
+Call path: `Throttle.acquire` (pauses, pacing, limiters, budgets) -> a connection slot (`_Slots`: tasks in
+flight <= connector limit, limits.md; calls that open more work first) -> HTTP -> `Throttle.done` (usage headers; frees the budget slot, whatever happened) ->
 decode or classify -> retry policy.
 
 Stopping: with a `stop` event, every wait of a call that is not on the wire (the throttle's pauses, pacing
-and limiters, the connection semaphore, a retry backoff) is raced against it. Once `stop` is set, those
+and limiters, the connection slot, a retry backoff) is raced against it. Once `stop` is set, those
 waits are abandoned at once and the call raises `exceptions.ShutdownRequested`, as does any call (or retry)
 that would start; only requests already on the wire run to their answer (the caller bounds them with
 `shutdown_grace_s`).
