@@ -51,6 +51,7 @@ SIM_CPU, CLIENT_CPU = 0, 1
 TARGET_CPU_RATIO = 2.0  # collector CPU per call at most 2x the bare loop's
 TARGET_RATE_RATIO = 0.5  # collector calls/s at least 0.5x the bare loop's
 TARGET_RSS_MB = 250.0
+TARGET_WALL_OVER_CPU = 1.25  # issue 9: 10,000 x 50, wall within 1.25x of calls x CPU per call
 TARGET_SMALL_AGENCY_S = 1.5  # issue 9: `ig-collector once`, spawn to exit
 TARGET_FIRST_CALL_S = 0.3  # issue 9: process start to the first Graph call
 SMALL_AGENCY = {"accounts": 40, "media": 25, "latency_ms": 50.0, "jitter": 0.2, "days": 7}
@@ -522,6 +523,10 @@ def scale_main(args: argparse.Namespace, work: Path, dsn_server: str | None) -> 
                "data_points": s["rows_written"].get("ig_media_insight", 0)
                + s["rows_written"].get("ig_account_insight", 0),
                "cpu_s_per_1000_calls": round(1000 * r["cpu_s"] / s["graph_calls"], 3),
+               # The bound set by the collector's CPU: calls x CPU per call, i.e. the pass's CPU seconds;
+               # the wall within 1.25x of it means the collector was busy, not waiting (issue 9).
+               "cpu_bound_s": round(r["cpu_s"], 1),
+               "wall_over_cpu_bound": round(r["wall_s"] / r["cpu_s"], 2) if r["cpu_s"] else None,
                "rss_before_pass_mb": round(r["rss_before_pass_mb"], 1),
                "peak_rss_mb": round(child.peak_rss_mb, 1),
                "sim_core_share": round(sim_cpu[0] / r["wall_s"], 2),
@@ -531,7 +536,9 @@ def scale_main(args: argparse.Namespace, work: Path, dsn_server: str | None) -> 
         print(orjson.dumps(row).decode(), flush=True)
     peaks = [row["peak_rss_mb"] for row in rows]
     flat = max(peaks) - min(peaks) <= max(25.0, 0.15 * min(peaks))
-    return {"scale": rows, "rss_flat": flat}, flat and max(peaks) <= TARGET_RSS_MB
+    busy = all(row["wall_over_cpu_bound"] is not None and row["wall_over_cpu_bound"] <= TARGET_WALL_OVER_CPU
+               for row in rows)
+    return {"scale": rows, "rss_flat": flat}, flat and max(peaks) <= TARGET_RSS_MB and busy
 
 
 def print_report(out: dict[str, Any]) -> None:
@@ -560,7 +567,9 @@ def print_report(out: dict[str, Any]) -> None:
         print("\nscale (peak RSS as N grows):")
         for row in out["scale"]:
             print(f"  N={row['accounts']:>6} x {row['media']}  wall {row['wall_s']:>7.1f} s  "
-                  f"{row['calls_per_s']:>7.1f} calls/s  peak RSS {row['peak_rss_mb']:>6.1f} MB  "
+                  f"{row['calls_per_s']:>7.1f} calls/s  CPU bound {row['cpu_bound_s']} s (wall / CPU bound "
+                  f"{row['wall_over_cpu_bound']}, target <= {TARGET_WALL_OVER_CPU})  "
+                  f"peak RSS {row['peak_rss_mb']:>6.1f} MB (target <= {TARGET_RSS_MB})  "
                   f"(before the pass {row['rss_before_pass_mb']:.1f} MB)  "
                   f"sim core {row['sim_core_share']:.2f} (runnable {row['sim_runnable_share']:.2f})")
         print(f"  flat: {out['rss_flat']}")
