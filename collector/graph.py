@@ -7,8 +7,8 @@ messages never contain a query string, and a foreign exception whose text holds 
 a redacted copy before it is chained.
 
 Call path: `Throttle.acquire` (pauses, pacing, limiters, budgets) -> a connection slot (`_Slots`: tasks in
-flight <= connector limit, limits.md; calls that open more work first) -> HTTP -> `Throttle.done` (usage headers; frees the budget slot, whatever happened) ->
-decode or classify -> retry policy.
+flight <= connector limit, limits.md; calls that open more work first) -> HTTP -> `Throttle.done` (usage
+headers; frees the budget slot, whatever happened) -> decode or classify -> retry policy.
 
 Stopping: with a `stop` event, every wait of a call that is not on the wire (the throttle's pauses, pacing
 and limiters, the connection slot, a retry backoff) is raced against it. Once `stop` is set, those
