@@ -274,12 +274,15 @@ def cmd_once(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
     async def main(signals: Signals) -> int:
-        from collector import passes  # noqa: PLC0415
         from collector.storage import db  # noqa: PLC0415
 
         display = progress.ProgressDisplay(log_interval_s=args.progress_interval_s)
         async with await db.open_database(cfg.database, state_dir=cfg.state_dir) as database:
             await _migrate(database)
+            # Imported once the database is open: meanwhile the prefetch thread has been importing aiohttp
+            # (`_prefetch_http_client`), which this import would otherwise wait for.
+            from collector import passes  # noqa: PLC0415
+
             try:
                 summary = await passes.run_pass(
                     cfg, database.pool, stop=signals.stop, metrics=metrics.Metrics(),
