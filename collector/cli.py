@@ -675,9 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the subcommand, return the exit code (`console_main` is the process entry point)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in _COMMANDS), None)
-    if command in _CALLING_META:
-        _prefetch_http_client()
     args = build_parser(command).parse_args(argv)  # usage errors exit 2 here
+    if command in _CALLING_META:  # after parsing: --help and usage errors exit without starting a thread
+        _prefetch_http_client()
     logs.configure(level=args.log_level or "info", json=args.log_json)
     handler: Handler = args.handler
     try:
