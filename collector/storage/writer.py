@@ -461,12 +461,15 @@ async def _write_table(conn: asyncpg.pool.PoolConnectionProxy, table: models.Tab
         records = _fold_job_states(rows)
     await conn.copy_records_to_table(upserts.stage_table(table, kind), records=records)
     try:
-        async with conn.transaction():  # a savepoint: a duplicate key aborts only this attempt
-            await conn.execute(_SQL[table, kind, False])
+        # A savepoint, so that a duplicate key aborts only this attempt; set, used and released in one round
+        # trip (one simple-query message): during a busy pass every round trip of a commit waits a whole
+        # event-loop cycle, and three per table made a commit take 0.3-0.65 s (docs/benchmarks.md, issue 9).
+        await conn.execute(_FAST_SQL[table, kind])
     except (asyncpg.CardinalityViolationError, asyncpg.UniqueViolationError):
         # The same key twice in one batch (ON CONFLICT cannot touch a row twice, the fast form's plain
         # INSERT cannot insert it twice), or another writer inserted a key first: merge the last of each
         # key, every key through ON CONFLICT.
+        await conn.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}")
         await conn.execute(_SQL[table, kind, True])
 
 
@@ -475,6 +478,11 @@ _SQL = {
     for table in models.Table
     for kind in (tuple(upserts.ValueKind) if table in upserts.VALUED else (None,))
     for dedupe in (False, True)
+}
+_SAVEPOINT = "writer_merge"
+_FAST_SQL = {
+    (table, kind): f"SAVEPOINT {_SAVEPOINT}; {sql.strip().rstrip(';')}; RELEASE SAVEPOINT {_SAVEPOINT}"
+    for (table, kind, dedupe), sql in _SQL.items() if not dedupe
 }
 
 
