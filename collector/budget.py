@@ -29,6 +29,7 @@ Throttle codes (80002, 4, ...) are not seen here: they pause the scope in `ratel
 
 from __future__ import annotations
 
+import bisect
 import collections
 import math
 
@@ -39,14 +40,24 @@ PROBE_MAX_S = 60.0  # ... up to this
 RESERVE_MIN_CALLS = 2  # the spread reserve: at least this many calls ...
 RESERVE_FRACTION = 0.2  # ... or this share of the estimated budget
 SEND_HISTORY = 1024  # send times are kept for the window estimate only for budgets up to this many calls
+# ... and, while the budget is still unknown, the last this many (the first burst leaves before any rise: the
+# first fall bounds the window from its send times; 10,000 large-budget accounts keep at most this many
+# each, within the deque's first block, which is allocated anyway).
+SEND_HISTORY_UNKNOWN = 32
+# Once the window is known, a call is counted out of it this much later than the window's upper bound says:
+# our send time is taken when the call is admitted, a little before the server counts it.
+WINDOW_SLACK = 0.02
+_MIN_WAIT_S = 0.001  # a wait that is due (rounding) is asked again this much later, never granted as 0
 
 
 class ScopeBudget:
     """Budget accounting of one scope (an app host or an account). Not thread-safe; one event loop."""
 
-    __slots__ = ("_base_pct", "_changed", "_cost", "_fallen", "_lead", "_probe_s", "_report_sent_at",
-                 "_reports", "_sends", "_silent", "_spreading", "_steps", "_untracked", "documented_window_s",
-                 "in_flight", "last_send_at", "margin_calls", "max_age_s", "max_in_flight", "pct",
+    __slots__ = ("_aged_n", "_base_pct", "_changed", "_cost", "_fallback", "_fallback_at", "_fallen", "_lead",
+                 "_lead_exact", "_outside",
+                 "_probe_s", "_report_sent_at", "_reports", "_ring", "_sends", "_silent", "_spreading",
+                 "_steps", "_untracked", "_untracked_at", "_window_lo", "documented_window_s", "in_flight",
+                 "last_send_at", "margin_calls", "max_age_s", "max_in_flight", "pct", "reflected_at",
                  "reported_at", "window_s")
 
     def __init__(self, margin_calls: int, max_age_s: float, max_in_flight: int | None = None, *,
@@ -58,26 +69,43 @@ class ScopeBudget:
         self.max_in_flight = max_in_flight  # None: unbounded (the app scope: the connector bounds it)
         self.max_age_s = max_age_s
         self.pct: int | None = None  # the last reported percentage
-        self.reported_at = 0.0
+        self.reported_at = 0.0  # when it arrived
+        self.reflected_at = 0.0  # when the state it reports was current (earlier when the reports lag)
         self.in_flight = 0  # admitted and not answered yet
         self.last_send_at = -math.inf
         self.window_s: float | None = None  # upper bound of the rolling window, once a fall was seen
+        self._window_lo = 0.0  # lower bound: a call of ours the reports still counted was that old
         self._changed = 0  # calls answered since the reported percentage last changed
         self._cost: float | None = None  # percent per call
         self._steps: collections.deque[float] = collections.deque(maxlen=COST_STEPS)
+        # Our send times, oldest first (see `sent` for which are kept); the first `_aged_n` of them are known
+        # (from falls) to have aged out of the window.
         self._sends: collections.deque[float] = collections.deque()
+        self._aged_n = 0
+        self._untracked = 0  # sends older than `_sends` whose times were not kept ...
+        self._untracked_at = -math.inf  # ... the newest of them
+        self._outside = 0.0  # calls in the last report that are not ours in the window (once it is known)
         self._silent = 0  # answers without a report since the last report
         # Lag: reports that repeat the first one before the first rise. Where each call moves the percentage
-        # (cost >= 1 %), that is how many calls late the reports run (one call late is indistinguishable from
-        # usage before us: hence the margin, and one spare call before probing into it).
+        # (cost >= 1 %), that is how many calls late the reports run. A first report of 0 % after our own call
+        # was answered did not include that call either: one more (the lag is then exact, `_lead_exact`).
+        # Otherwise one call late is indistinguishable from usage before us: hence the margin.
         self._lead = 0
+        self._lead_exact = False
         self._base_pct = 0
         self._reports = 0  # reports since the first one
+        # When the last reports arrived (a ring, newest at `_reports % len`): a report `_lead` calls late
+        # describes the state of `_lead` reports earlier.
+        self._ring = [0.0] * (margin_calls + 3)
         self._report_sent_at = -math.inf  # when the call behind the newest report left
         self._fallen = False
-        self._untracked = 0  # sends older than `_sends` whose times were not kept
         self._probe_s = PROBE_FIRST_S
         self._spreading = False
+        # The window unknown and nothing to spare, a call left after `max_age_s` on the assumption that the
+        # window rolled (`_fallback`: the call about to leave is one); until a report describes a state after
+        # it, more leave one at a time on the same assumption (a report `_lead` calls late needs that many).
+        self._fallback = False
+        self._fallback_at: float | None = None
 
     # -- estimates ---------------------------------------------------------------------------------------
 
@@ -105,14 +133,34 @@ class ScopeBudget:
         # integer hides (with cost >= 1 % a repeat means a call aged out).
         repeats = self._changed - self._silent
         used = pct + cost * (lag + self._silent) + min(cost * repeats, max(0.0, 1.0 - cost))
-        return math.floor((100.0 - used) / cost + 1e-9)
+        left = math.floor((100.0 - used) / cost + 1e-9)
+        by_log = self._left_by_log(now)
+        return left if by_log is None or by_log < left else by_log
+
+    def _left_by_log(self, now: float) -> int | None:
+        """Calls left from our own send times, once the window is known and every send within it was kept:
+        the budget, less the calls of others the last report showed, less our sends still within the window
+        (those in flight added back: the caller counts them). Unlike the report it sees our calls age out
+        between reports, so a scope at its budget resumes when its oldest calls leave the window, without a
+        probe (and without waiting for a lagging report to show it)."""
+        window, cost = self.window_s, self._cost
+        if window is None or cost is None or cost < 100.0 / SEND_HISTORY:
+            return None
+        window += WINDOW_SLACK * window
+        if self._untracked_at > now - window:
+            return None
+        sends = self._sends
+        ours = len(sends) - bisect.bisect_right(sends, now - window)
+        return math.floor(100.0 / cost + 1e-9) - math.ceil(self._outside - 1e-9) - ours + self.in_flight
 
     def _margin(self) -> int:
         """Calls kept back for reports that lag. Where every call moves the percentage (cost >= 1 %), the lag
         is measured (`calls_left` counts it) up to one call: two calls of margin are enough (one more for a
-        request the transport re-sent unseen)."""
+        request the transport re-sent unseen); one, when the lag was measured exactly."""
         cost = self._cost
-        return min(2, self.margin_calls) if cost is not None and cost >= 1.0 else self.margin_calls
+        if cost is None or cost < 1.0:
+            return self.margin_calls
+        return min(1 if self._lead_exact else 2, self.margin_calls)
 
     def reserve_calls(self) -> int:
         budget = self.budget_calls()
@@ -134,7 +182,7 @@ class ScopeBudget:
     def delay_s(self, now: float) -> float | None:
         """0.0: one more call may leave now; > 0: ask again after that many seconds; None: wait for a call
         in flight to be answered (its report decides)."""
-        self._spreading = False
+        self._spreading = self._fallback = False
         if self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
             return None
         left = self.calls_left(now)
@@ -143,6 +191,13 @@ class ScopeBudget:
         free = left - self._margin() - self.in_flight
         if self._cost is None:  # only the first report's bound: one at a time until a rise shows the cost
             return 0.0 if free > 0 or not self.in_flight else None
+        ages_at = self._next_free_at(now, free)
+        if ages_at is not None:  # the window is known: no reserve to spread, calls leave as ours age out
+            if free > 0:
+                return 0.0
+            if left >= 2 and not self.in_flight:  # a probe into the margin (one spare) narrows the window
+                ages_at = min(ages_at, self._probe_at(now))
+            return max(_MIN_WAIT_S, ages_at - now)  # never 0.0 here: nothing is free yet
         if free > self.reserve_calls():
             return 0.0
         if self.in_flight:  # near the end of the budget: one call at a time, each answer decides
@@ -150,31 +205,76 @@ class ScopeBudget:
         self._spreading = True
         if free > 0 or left >= 2:  # the reserve, or a probe into the margin (one call spare): spread out
             at = self.last_send_at + self.spacing_s()
-        else:  # nothing to spare: one call once every call we made can have aged out of the window
-            at = self.last_send_at + (self.max_age_s if self.window_s is None else self.window_s)
+        elif self.window_s is not None:  # nothing to spare: one call once every call we made aged out
+            at = self.last_send_at + self.window_s
+        else:  # nothing to spare, the window unknown: assume it is shorter than max_age_s
+            self._fallback = True
+            at = self.last_send_at + self.max_age_s
+            fallback_at = self._fallback_at
+            if fallback_at is not None and self.reflected_at < fallback_at and self._room_after_max_age(now):
+                at = now  # the reports describe a time before the last fallback call: one more, as it did
         return max(0.0, at - now)
+
+    def _room_after_max_age(self, now: float) -> bool:
+        """Whether one more call fits if every send older than `max_age_s` left the window."""
+        cost, sends, since = self._cost, self._sends, now - self.max_age_s
+        if cost is None or self._untracked_at > since:
+            return False
+        ours = len(sends) - bisect.bisect_right(sends, since)
+        return math.floor(100.0 / cost + 1e-9) - ours - self._margin() >= 1
+
+    def _next_free_at(self, now: float, free: int) -> float | None:
+        """With the window known and our sends within it kept: when enough of them will have aged out for one
+        more call (`now` when one may leave already); None otherwise."""
+        window = self.window_s
+        if window is None or self._left_by_log(now) is None:
+            return None
+        if free > 0:
+            return now
+        window += WINDOW_SLACK * window
+        sends = self._sends
+        index = bisect.bisect_right(sends, now - window) - free  # the (1 - free)-th of ours still in it
+        return sends[index] + window if index < len(sends) else None
+
+    def _probe_at(self, now: float) -> float:
+        """When a probe best narrows the window's bounds: halfway between the earliest and the latest time our
+        oldest call still counted can age out (its fall then halves the uncertainty, as does its absence)."""
+        window = self.window_s
+        sends, index = self._sends, self._aged_n
+        if window is None or index >= len(sends) or self._window_lo >= window:
+            return math.inf
+        return sends[index] + (self._window_lo + window) / 2
 
     def sent(self, now: float) -> None:
         """A call was admitted (it leaves now)."""
         self.in_flight += 1
         self.last_send_at = now
         budget = self.budget_calls()
-        if budget is not None and budget <= SEND_HISTORY:
-            self._sends.append(now)
-            if len(self._sends) > SEND_HISTORY:
-                self._sends.popleft()
+        # Send times are kept for budgets small enough for the window to matter (a large one's window hardly
+        # does, and 10,000 accounts' times would cost ~20 MB), and while the budget is unknown the last few.
+        cap = SEND_HISTORY_UNKNOWN if budget is None else SEND_HISTORY if budget <= SEND_HISTORY else 0
+        sends = self._sends
+        if cap:
+            sends.append(now)
+            if len(sends) > cap:
+                self._untracked_at = sends.popleft()
                 self._untracked += 1
-        else:  # a large (or unknown) budget: its window hardly matters, and 10,000 accounts' times would
-            self._untracked += 1  # cost ~20 MB
+                self._aged_n = max(0, self._aged_n - 1)
+        else:
+            self._untracked += 1
+            self._untracked_at = now
         if self._spreading and self.window_s is None:  # a probe: the next one waits twice as long
             self._probe_s = min(PROBE_MAX_S, self._probe_s * PROBE_GROWTH)
-        self._spreading = False
+        if self._fallback and (self._fallback_at is None or self.reflected_at >= self._fallback_at):
+            self._fallback_at = now  # a new round of fallback calls
+        self._spreading = self._fallback = False
 
     def unsent(self) -> None:
         """An admitted call did not leave after all (cancelled before it was sent)."""
         self.in_flight = max(0, self.in_flight - 1)
         if self._sends:
             self._sends.pop()
+            self._aged_n = min(self._aged_n, len(self._sends))
         elif self._untracked:
             self._untracked -= 1
 
@@ -201,35 +301,92 @@ class ScopeBudget:
         previous = self.pct
         self.pct = pct
         self.reported_at = now
-        pruned = 0
-        if self.window_s is not None:  # sends older than the window are out of this report already
-            cutoff, sends = now - self.window_s, self._sends
-            while sends and sends[0] <= cutoff:
-                sends.popleft()
-                pruned += 1
+        ring = self._ring
+        count = self._reports + (previous is not None)  # reports before this one
+        ring[count % len(ring)] = now
+        # The state this report describes: `_lead` reports ago (the first one's, for the first reports).
+        self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
         if previous is None:  # the first report: a baseline (usage before us may be in it)
             self._changed = 0
             self._base_pct = pct
             return
         self._reports += 1
         if pct == self._base_pct and self._cost is None and not self._fallen:
-            self._lead = min(self._reports, self.margin_calls + 2)
+            # A repeat of the baseline before the first rise. A baseline of 0 % after our own call was
+            # answered did not count that call: the reports were late by one more (and by exactly that much).
+            exact = pct == 0
+            self._lead = min(self._reports + exact, self.margin_calls + 2)
+            self._lead_exact = exact and self._lead == self._reports + exact
+            self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
+        elif self._cost is None and not self._fallen and self._base_pct == 0 and not self._lead_exact:
+            # The first rise straight after a 0 % baseline (no repeat): the baseline was one call late.
+            self._lead_exact = self._lead == 0
+            self._lead = max(self._lead, 1)
+        pruned = self._prune()
         if pct < previous:
             self._fallen = True
         if pct > previous:
             self._steps.append((pct - previous) / (self._changed + 1))
             self._cost = sorted(self._steps)[len(self._steps) // 2]
+            self._rose(pct - previous)
             self._changed = 0
+            if self._cost < 100.0 / SEND_HISTORY:  # a large budget: its send times are no longer kept
+                self._forget_sends()
         elif pct < previous:
-            self._fell(previous - pct, pruned, now)
+            self._fell(previous - pct, pruned)
             self._changed = 0
         else:
             self._changed += 1
+        self._outside = self._outside_calls(pct)
 
-    def _fell(self, drop_pct: int, pruned: int, now: float) -> None:
+    def _prune(self) -> int:
+        """Drops the sends that were out of the window when the newest report's state was current; returns how
+        many of them falls had not yet counted as aged."""
+        window = self.window_s
+        if window is None:
+            return 0
+        cutoff, sends, pruned = self.reflected_at - window - WINDOW_SLACK * window, self._sends, 0
+        while sends and sends[0] <= cutoff:
+            sends.popleft()
+            pruned += 1
+        extra = max(0, pruned - self._aged_n)
+        self._aged_n = max(0, self._aged_n - pruned)
+        return extra
+
+    def _outside_calls(self, pct: int) -> float:
+        """Calls in the newest report that were not ours: at most its calls (the integer hides up to one
+        percent) less our sends within the window when its state was current."""
+        window, cost = self.window_s, self._cost
+        if window is None or cost is None or cost < 100.0 / SEND_HISTORY:
+            return 0.0
+        sends, at = self._sends, self.reflected_at
+        reported = math.ceil((pct + 1) / cost - 1e-9) - 1
+        ours = bisect.bisect_right(sends, at) - bisect.bisect_right(sends, at - window)
+        return float(max(0, reported - ours))
+
+    def _rose(self, rise_pct: int) -> None:
+        """The percentage rose by exactly the calls answered since the last report: none of ours aged out, so
+        the oldest call not known to have aged was still counted when the report's state was current (if it
+        left before then): the window is at least that call's age. Only ever narrows which upper bounds
+        `_fell` believes (a bound below it is a misreading): an overestimate here only costs speed."""
+        cost, sends, index = self._cost, self._sends, self._aged_n
+        if cost is None or cost < 1.0 or index >= len(sends) or self._untracked:
+            return
+        if abs(rise_pct - cost * (self._changed + 1)) >= 0.5:
+            return
+        self._window_lo = max(self._window_lo, self.reflected_at - sends[index])
+
+    def _forget_sends(self) -> None:
+        if self._sends:
+            self._untracked += len(self._sends)
+            self._untracked_at = max(self._untracked_at, self._sends[-1])
+            self._sends.clear()
+            self._aged_n = 0
+
+    def _fell(self, drop_pct: int, pruned: int) -> None:
         """The percentage fell: calls aged out of the window since the last report. Counted as our oldest
-        sends (their ages bound the window from above), beyond the `pruned` ones the window estimate already
-        took out; the probes stop."""
+        sends not yet counted (their ages, at the time the report describes, bound the window from above),
+        beyond the `pruned` ones the window estimate already took out; the probes stop."""
         self._probe_s = PROBE_FIRST_S
         cost = self._cost
         if cost is None:
@@ -241,12 +398,17 @@ class ScopeBudget:
         sends = self._sends
         if aged <= 0:
             return
-        if aged > len(sends):  # more aged than we sent (usage not ours): no estimate
-            sends.clear()
+        if self._aged_n + aged > len(sends):  # more aged than we sent (usage not ours): no estimate
+            self._aged_n = len(sends)
             return
-        newest_aged = sends[0]
-        for _ in range(aged):
-            newest_aged = sends.popleft()
-        if now > newest_aged:  # an upper bound of the window; the largest one seen stands (the safe side)
-            bound = now - newest_aged
-            self.window_s = bound if self.window_s is None else max(self.window_s, bound)
+        self._aged_n += aged
+        newest_aged = sends[self._aged_n - 1]
+        at = self.reflected_at
+        if at > newest_aged:  # an upper bound of the window
+            bound = at - newest_aged
+            # The tightest bound stands, unless it contradicts a lower bound (then something was misread:
+            # usage not ours that aged, a lag measured short; the looser bound stays, the safe side).
+            if self.window_s is None:
+                self.window_s = max(bound, self._window_lo)
+            elif self._window_lo < bound < self.window_s:
+                self.window_s = bound

@@ -119,10 +119,10 @@ def test_an_old_report_without_answers_since_still_holds() -> None:
 
 def test_a_fall_bounds_the_window_from_our_own_sends() -> None:
     scope = fresh(margin=0)
-    call(scope, 0, 0.0)
+    call(scope, 20, 0.0)  # a baseline above 0: usage before us (a first 0 % would mean a lagging report)
     for i in range(1, 6):
-        call(scope, 10 * i, 0.0)  # 10 % a call (budget 10), all sent at t=0
-    call(scope, 10, 12.0)  # five aged out, this call added one
+        call(scope, 20 + 10 * i, 0.0)  # 10 % a call (budget 10), all sent at t=0
+    call(scope, 30, 12.0)  # five aged out, this call added one
     assert scope.window_s == pytest.approx(12.0)
 
 
