@@ -39,6 +39,7 @@ PROBE_GROWTH = 2.0  # ... by this factor each ...
 PROBE_MAX_S = 60.0  # ... up to this
 RESERVE_MIN_CALLS = 2  # the spread reserve: at least this many calls ...
 RESERVE_FRACTION = 0.2  # ... or this share of the estimated budget
+PROBE_PRECISION = 0.05  # the window's bounds are narrowed by probes until they are this close (share of it)
 SEND_HISTORY = 1024  # send times are kept for the window estimate only for budgets up to this many calls
 # ... and, while the budget is still unknown, the last this many (the first burst leaves before any rise: the
 # first fall bounds the window from its send times; 10,000 large-budget accounts keep at most this many
@@ -53,12 +54,12 @@ _MIN_WAIT_S = 0.001  # a wait that is due (rounding) is asked again this much la
 class ScopeBudget:
     """Budget accounting of one scope (an app host or an account). Not thread-safe; one event loop."""
 
-    __slots__ = ("_aged_n", "_base_pct", "_changed", "_cost", "_fallback", "_fallback_at", "_fallen", "_lead",
-                 "_lead_exact", "_outside",
-                 "_probe_s", "_report_sent_at", "_reports", "_ring", "_sends", "_silent", "_spreading",
-                 "_steps", "_untracked", "_untracked_at", "_window_lo", "documented_window_s", "in_flight",
-                 "last_send_at", "margin_calls", "max_age_s", "max_in_flight", "pct", "reflected_at",
-                 "reported_at", "window_s")
+    __slots__ = ("_aged_n", "_base_calls", "_base_pct", "_changed", "_cost", "_fallback", "_fallback_at",
+                 "_fallen", "_lead", "_lead_exact", "_outside", "_probe_s", "_pruned", "_report_sent_at",
+                 "_reports", "_ring", "_ring_busy", "_sends", "_silent", "_spreading", "_steps", "_untracked",
+                 "_untracked_at", "_window_lo", "documented_window_s", "in_flight", "last_send_at",
+                 "margin_calls", "max_age_s", "max_in_flight", "pct", "reflected_at", "reported_at",
+                 "window_s")
 
     def __init__(self, margin_calls: int, max_age_s: float, max_in_flight: int | None = None, *,
                  documented_window_s: float | None = None) -> None:
@@ -82,6 +83,7 @@ class ScopeBudget:
         # (from falls) to have aged out of the window.
         self._sends: collections.deque[float] = collections.deque()
         self._aged_n = 0
+        self._pruned = 0  # sends the window bound took out since the percentage last changed (see `_fell`)
         self._untracked = 0  # sends older than `_sends` whose times were not kept ...
         self._untracked_at = -math.inf  # ... the newest of them
         self._outside = 0.0  # calls in the last report that are not ours in the window (once it is known)
@@ -93,10 +95,12 @@ class ScopeBudget:
         self._lead = 0
         self._lead_exact = False
         self._base_pct = 0
+        self._base_calls = 0  # answers up to the first report (it came with the last of them)
         self._reports = 0  # reports since the first one
         # When the last reports arrived (a ring, newest at `_reports % len`): a report `_lead` calls late
         # describes the state of `_lead` reports earlier.
         self._ring = [0.0] * (margin_calls + 3)
+        self._ring_busy = [True] * (margin_calls + 3)  # ... and whether calls were in flight then
         self._report_sent_at = -math.inf  # when the call behind the newest report left
         self._fallen = False
         self._probe_s = PROBE_FIRST_S
@@ -149,8 +153,8 @@ class ScopeBudget:
         window += WINDOW_SLACK * window
         if self._untracked_at > now - window:
             return None
-        sends = self._sends
-        ours = len(sends) - bisect.bisect_right(sends, now - window)
+        sends = self._sends  # the first `_aged_n` aged out already, whatever the bound says
+        ours = len(sends) - max(self._aged_n, bisect.bisect_right(sends, now - window))
         return math.floor(100.0 / cost + 1e-9) - math.ceil(self._outside - 1e-9) - ours + self.in_flight
 
     def _margin(self) -> int:
@@ -193,11 +197,16 @@ class ScopeBudget:
             return 0.0 if free > 0 or not self.in_flight else None
         ages_at = self._next_free_at(now, free)
         if ages_at is not None:  # the window is known: no reserve to spread, calls leave as ours age out
-            if free > 0:
+            if free > 1:
                 return 0.0
-            if left >= 2 and not self.in_flight:  # a probe into the margin (one spare) narrows the window
-                ages_at = min(ages_at, self._probe_at(now))
-            return max(_MIN_WAIT_S, ages_at - now)  # never 0.0 here: nothing is free yet
+            # The last free call, or a probe into the margin (one spare), leaves when it best narrows the
+            # window's bounds (while they are apart): a call that would have left anyway, a little later.
+            probe_at = self._probe_at(now) if free == 1 or (left >= 2 and not self.in_flight) else math.inf
+            if free == 1:
+                return 0.0 if probe_at <= now or probe_at == math.inf else probe_at - now
+            if probe_at <= now:
+                return 0.0
+            return max(_MIN_WAIT_S, min(ages_at, probe_at) - now)  # never 0.0 here: nothing is free yet
         if free > self.reserve_calls():
             return 0.0
         if self.in_flight:  # near the end of the budget: one call at a time, each answer decides
@@ -233,7 +242,8 @@ class ScopeBudget:
             return now
         window += WINDOW_SLACK * window
         sends = self._sends
-        index = bisect.bisect_right(sends, now - window) - free  # the (1 - free)-th of ours still in it
+        # The (1 - free)-th of ours still in the window (the first `_aged_n` left it already).
+        index = max(self._aged_n, bisect.bisect_right(sends, now - window)) - free
         return sends[index] + window if index < len(sends) else None
 
     def _probe_at(self, now: float) -> float:
@@ -241,7 +251,7 @@ class ScopeBudget:
         oldest call still counted can age out (its fall then halves the uncertainty, as does its absence)."""
         window = self.window_s
         sends, index = self._sends, self._aged_n
-        if window is None or index >= len(sends) or self._window_lo >= window:
+        if window is None or index >= len(sends) or window - self._window_lo <= PROBE_PRECISION * window:
             return math.inf
         return sends[index] + (self._window_lo + window) / 2
 
@@ -304,9 +314,11 @@ class ScopeBudget:
         ring = self._ring
         count = self._reports + (previous is not None)  # reports before this one
         ring[count % len(ring)] = now
+        self._ring_busy[count % len(ring)] = self.in_flight > 0
         # The state this report describes: `_lead` reports ago (the first one's, for the first reports).
         self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
         if previous is None:  # the first report: a baseline (usage before us may be in it)
+            self._base_calls = self._changed + 1
             self._changed = 0
             self._base_pct = pct
             return
@@ -322,21 +334,32 @@ class ScopeBudget:
             # The first rise straight after a 0 % baseline (no repeat): the baseline was one call late.
             self._lead_exact = self._lead == 0
             self._lead = max(self._lead, 1)
-        pruned = self._prune()
+        elif self._cost is None and not self._fallen and self._lead == 0 and self._base_pct > 0:
+            # The first rise straight after the baseline: what one call costs. Our calls answered until the
+            # baseline, less the calls it counted, are how late it was (reports that only start after the
+            # first calls show no repeat to count). None late: no usage but ours, reports on time (exactly:
+            # a lag of one would need usage not ours of exactly one call).
+            step = (pct - previous) / (self._changed + 1)
+            late = self._base_calls - self._base_pct / step
+            if step >= 1.0 and abs(late - round(late)) < 1e-6 and late > -0.5:
+                self._lead = min(round(late), self.margin_calls + 2)
+                self._lead_exact = self._lead == 0
+                self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
+        self._pruned += self._prune()
         if pct < previous:
             self._fallen = True
         if pct > previous:
             self._steps.append((pct - previous) / (self._changed + 1))
             self._cost = sorted(self._steps)[len(self._steps) // 2]
-            self._rose(pct - previous)
-            self._changed = 0
+            self._changed = self._pruned = 0
             if self._cost < 100.0 / SEND_HISTORY:  # a large budget: its send times are no longer kept
                 self._forget_sends()
         elif pct < previous:
-            self._fell(previous - pct, pruned)
-            self._changed = 0
+            self._fell(previous - pct, self._pruned)
+            self._changed = self._pruned = 0
         else:
             self._changed += 1
+        self._counted(pct, count)
         self._outside = self._outside_calls(pct)
 
     def _prune(self) -> int:
@@ -364,17 +387,40 @@ class ScopeBudget:
         ours = bisect.bisect_right(sends, at) - bisect.bisect_right(sends, at - window)
         return float(max(0, reported - ours))
 
-    def _rose(self, rise_pct: int) -> None:
-        """The percentage rose by exactly the calls answered since the last report: none of ours aged out, so
-        the oldest call not known to have aged was still counted when the report's state was current (if it
-        left before then): the window is at least that call's age. Only ever narrows which upper bounds
-        `_fell` believes (a bound below it is a misreading): an overestimate here only costs speed."""
-        cost, sends, index = self._cost, self._sends, self._aged_n
-        if cost is None or cost < 1.0 or index >= len(sends) or self._untracked:
+    def _counted(self, pct: int, count: int) -> None:
+        """Bounds of the window from one report that says exactly how many calls it counted: every call costs
+        a whole number of percent, none was in flight when the state it describes was current (so each of our
+        sends until then had arrived), and no more were counted than we sent. Calls leave the window oldest
+        first: the newest n of our sends until then are the n it counted (the oldest of them still in: the
+        window is longer than its age), the one before them had left (the window is at most its age). Usage
+        not ours, or a lag not measured, would make both look shorter than they are: the upper bound only
+        narrows one a fall gave, where it does not contradict the lower ones (see `_bound`)."""
+        cost, sends = self._cost, self._sends
+        if cost is None or cost < 1.0 or pct >= 100 or self._ring_busy[
+                max(0, count - self._lead) % len(self._ring)]:
             return
-        if abs(rise_pct - cost * (self._changed + 1)) >= 0.5:
+        counted = pct / cost
+        n = round(counted)
+        if abs(counted - n) > 1e-6:
             return
-        self._window_lo = max(self._window_lo, self.reflected_at - sends[index])
+        at = self.reflected_at
+        sent = bisect.bisect_left(sends, at)  # a send at that very time left after that answer
+        if n > sent or (n == sent and self._untracked):  # usage not ours, or our oldest sends' times lost
+            return
+        if n:
+            self._window_lo = max(self._window_lo, at - sends[sent - n])
+        if n < sent and self.window_s is not None:  # the first bound comes from a fall (see `_fell`)
+            self._aged_n = max(self._aged_n, sent - n)
+            self._bound(at - sends[sent - n - 1])
+
+    def _bound(self, bound: float) -> None:
+        """An upper bound of the window: the tightest one stands, unless it contradicts a lower bound (then
+        something was misread: usage not ours that aged, a lag measured short; the looser bound stays, the
+        safe side)."""
+        if self.window_s is None:
+            self.window_s = max(bound, self._window_lo)
+        elif self._window_lo < bound < self.window_s:
+            self.window_s = bound
 
     def _forget_sends(self) -> None:
         if self._sends:
@@ -386,7 +432,8 @@ class ScopeBudget:
     def _fell(self, drop_pct: int, pruned: int) -> None:
         """The percentage fell: calls aged out of the window since the last report. Counted as our oldest
         sends not yet counted (their ages, at the time the report describes, bound the window from above),
-        beyond the `pruned` ones the window estimate already took out; the probes stop."""
+        beyond the `pruned` ones the window bound took out since the last change (each report with the same
+        percentage had a call age out too: those count here, once); the probes stop."""
         self._probe_s = PROBE_FIRST_S
         cost = self._cost
         if cost is None:
@@ -404,11 +451,8 @@ class ScopeBudget:
         self._aged_n += aged
         newest_aged = sends[self._aged_n - 1]
         at = self.reflected_at
-        if at > newest_aged:  # an upper bound of the window
+        if at > newest_aged:
+            # An upper bound of the window; the largest one seen stands (the safe side: a lag not measured,
+            # usage not ours that aged, would make it look shorter). `_counted` narrows it, cross-checked.
             bound = at - newest_aged
-            # The tightest bound stands, unless it contradicts a lower bound (then something was misread:
-            # usage not ours that aged, a lag measured short; the looser bound stays, the safe side).
-            if self.window_s is None:
-                self.window_s = max(bound, self._window_lo)
-            elif self._window_lo < bound < self.window_s:
-                self.window_s = bound
+            self.window_s = bound if self.window_s is None else max(self.window_s, bound)
