@@ -54,12 +54,12 @@ _MIN_WAIT_S = 0.001  # a wait that is due (rounding) is asked again this much la
 class ScopeBudget:
     """Budget accounting of one scope (an app host or an account). Not thread-safe; one event loop."""
 
-    __slots__ = ("_aged_n", "_base_calls", "_base_pct", "_changed", "_cost", "_fallback", "_fallback_at",
-                 "_fallen", "_lead", "_lead_exact", "_outside", "_probe_s", "_pruned", "_report_sent_at",
-                 "_reports", "_ring", "_ring_busy", "_sends", "_silent", "_spreading", "_steps", "_untracked",
-                 "_untracked_at", "_window_lo", "documented_window_s", "in_flight", "last_send_at",
-                 "margin_calls", "max_age_s", "max_in_flight", "pct", "reflected_at", "reported_at",
-                 "window_s")
+    __slots__ = ("_aged_n", "_base_calls", "_base_pct", "_changed", "_cost", "_excess", "_fallback",
+                 "_fallback_at", "_fallen", "_lead", "_lead_exact", "_outside", "_probe_s", "_pruned",
+                 "_report_sent_at", "_reports", "_ring", "_ring_busy", "_sends", "_silent", "_spreading",
+                 "_steps", "_untracked", "_untracked_at", "_window_lo", "documented_window_s", "in_flight",
+                 "last_send_at", "margin_calls", "max_age_s", "max_in_flight", "pct", "reflected_at",
+                 "reported_at", "window_s")
 
     def __init__(self, margin_calls: int, max_age_s: float, max_in_flight: int | None = None, *,
                  documented_window_s: float | None = None) -> None:
@@ -87,6 +87,7 @@ class ScopeBudget:
         self._untracked = 0  # sends older than `_sends` whose times were not kept ...
         self._untracked_at = -math.inf  # ... the newest of them
         self._outside = 0.0  # calls in the last report that are not ours in the window (once it is known)
+        self._excess = 0  # calls an exact report counted beyond our sends not known to have aged
         self._silent = 0  # answers without a report since the last report
         # Lag: reports that repeat the first one before the first rise. Where each call moves the percentage
         # (cost >= 1 %), that is how many calls late the reports run. A first report of 0 % after our own call
@@ -405,6 +406,7 @@ class ScopeBudget:
             return
         at = self.reflected_at
         sent = bisect.bisect_left(sends, at)  # a send at that very time left after that answer
+        self._excess = max(0, n - (sent - self._aged_n))
         if n > sent or (n == sent and self._untracked):  # usage not ours, or our oldest sends' times lost
             return
         if n:
@@ -441,12 +443,12 @@ class ScopeBudget:
         aged = round(drop_pct / cost) + self._changed + 1 - pruned
         untracked = min(aged, self._untracked)  # the oldest sends: their times were not kept
         self._untracked -= untracked
-        aged -= untracked
+        # Calls counted that we did not send as such (a request the transport re-sent unseen, usage not ours)
+        # may have been among them: the margin's worth of them is not taken as ours (a later send taken for
+        # aged would make the window look shorter and the log count too few).
+        aged -= untracked + max(self._margin(), self._excess)
         sends = self._sends
-        if aged <= 0:
-            return
-        if self._aged_n + aged > len(sends):  # more aged than we sent (usage not ours): no estimate
-            self._aged_n = len(sends)
+        if aged <= 0 or self._aged_n + aged > len(sends):  # (more aged than we sent: usage not ours)
             return
         self._aged_n += aged
         newest_aged = sends[self._aged_n - 1]

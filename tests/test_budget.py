@@ -144,9 +144,11 @@ class Outcome:
 
 
 def drive(budget_calls: int, window_s: float, calls: int, *, lag: int = 0, after: int = 0,
-          concurrency: int = 12, latency_s: float = 0.05, margin: int = 3) -> Outcome:
+          concurrency: int = 12, latency_s: float = 0.05, margin: int = 3, resend_every: int = 0) -> Outcome:
     """`calls` calls through one ScopeBudget against a rolling window of `budget_calls` per `window_s` whose
-    answers report integer percentages, from the `after + 1`-th answer on, `lag` answers late."""
+    answers report integer percentages, from the `after + 1`-th answer on, `lag` answers late; every
+    `resend_every`-th call is counted twice (a request the transport re-sent unseen, as after a dropped
+    connection)."""
     scope = budget.ScopeBudget(margin, 60.0, concurrency)
     window: collections.deque[float] = collections.deque()
     history: list[int] = []
@@ -164,10 +166,11 @@ def drive(budget_calls: int, window_s: float, calls: int, *, lag: int = 0, after
             sent += 1
             while window and window[0] <= now - window_s:
                 window.popleft()
-            if len(window) >= budget_calls:
-                overruns += 1
-            else:
-                window.append(now)
+            for _ in range(2 if resend_every and sent % resend_every == 0 else 1):
+                if len(window) >= budget_calls:
+                    overruns += 1
+                else:
+                    window.append(now)
             history.append(min(100, len(window) * 100 // budget_calls))
             report = history[-1 - lag] if len(history) > lag else 0
             heapq.heappush(events, (now + latency_s, seq, None if len(history) <= after else report))
