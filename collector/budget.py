@@ -54,12 +54,12 @@ _MIN_WAIT_S = 0.001  # a wait that is due (rounding) is asked again this much la
 class ScopeBudget:
     """Budget accounting of one scope (an app host or an account). Not thread-safe; one event loop."""
 
-    __slots__ = ("_aged_n", "_base_calls", "_base_pct", "_changed", "_cost", "_excess", "_fallback",
-                 "_fallback_at", "_fallen", "_lead", "_lead_exact", "_outside", "_probe_s", "_pruned",
-                 "_report_sent_at", "_reports", "_ring", "_ring_busy", "_sends", "_silent", "_spreading",
-                 "_steps", "_untracked", "_untracked_at", "_window_lo", "documented_window_s", "in_flight",
-                 "last_send_at", "margin_calls", "max_age_s", "max_in_flight", "pct", "reflected_at",
-                 "reported_at", "window_s")
+    __slots__ = ("_aged_n", "_base_calls", "_base_pct", "_changed", "_cost", "_dropped_n", "_excess",
+                 "_fallback", "_fallback_at", "_fallen", "_lead", "_lead_exact", "_outside", "_probe_s",
+                 "_pruned", "_report_sent_at", "_reports", "_ring", "_ring_busy", "_ring_sent", "_sends",
+                 "_silent", "_spreading", "_steps", "_untracked", "_untracked_at", "_window_lo",
+                 "documented_window_s", "in_flight", "last_send_at", "margin_calls", "max_age_s",
+                 "max_in_flight", "pct", "reflected_at", "reported_at", "window_s")
 
     def __init__(self, margin_calls: int, max_age_s: float, max_in_flight: int | None = None, *,
                  documented_window_s: float | None = None) -> None:
@@ -83,6 +83,8 @@ class ScopeBudget:
         # (from falls) to have aged out of the window.
         self._sends: collections.deque[float] = collections.deque()
         self._aged_n = 0
+        # Sends taken off the front of `_sends` so far (a count of sends, less this, is an index there).
+        self._dropped_n = 0
         self._pruned = 0  # sends the window bound took out since the percentage last changed (see `_fell`)
         self._untracked = 0  # sends older than `_sends` whose times were not kept ...
         self._untracked_at = -math.inf  # ... the newest of them
@@ -101,7 +103,8 @@ class ScopeBudget:
         # When the last reports arrived (a ring, newest at `_reports % len`): a report `_lead` calls late
         # describes the state of `_lead` reports earlier.
         self._ring = [0.0] * (margin_calls + 3)
-        self._ring_busy = [True] * (margin_calls + 3)  # ... and whether calls were in flight then
+        self._ring_busy = [True] * (margin_calls + 3)  # ... whether calls were in flight then ...
+        self._ring_sent = [0] * (margin_calls + 3)  # ... and how many we had sent (`_sends` kept or not)
         self._report_sent_at = -math.inf  # when the call behind the newest report left
         self._fallen = False
         self._probe_s = PROBE_FIRST_S
@@ -269,6 +272,7 @@ class ScopeBudget:
             sends.append(now)
             if len(sends) > cap:
                 self._untracked_at = sends.popleft()
+                self._dropped_n += 1
                 self._untracked += 1
                 self._aged_n = max(0, self._aged_n - 1)
         else:
@@ -316,6 +320,7 @@ class ScopeBudget:
         count = self._reports + (previous is not None)  # reports before this one
         ring[count % len(ring)] = now
         self._ring_busy[count % len(ring)] = self.in_flight > 0
+        self._ring_sent[count % len(ring)] = self._dropped_n + len(self._sends)
         # The state this report describes: `_lead` reports ago (the first one's, for the first reports).
         self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
         if previous is None:  # the first report: a baseline (usage before us may be in it)
@@ -361,7 +366,7 @@ class ScopeBudget:
         else:
             self._changed += 1
         self._counted(pct, count)
-        self._outside = self._outside_calls(pct)
+        self._outside = self._outside_calls(pct, count)
 
     def _prune(self) -> int:
         """Drops the sends that were out of the window when the newest report's state was current; returns how
@@ -373,11 +378,12 @@ class ScopeBudget:
         while sends and sends[0] <= cutoff:
             sends.popleft()
             pruned += 1
+        self._dropped_n += pruned
         extra = max(0, pruned - self._aged_n)
         self._aged_n = max(0, self._aged_n - pruned)
         return extra
 
-    def _outside_calls(self, pct: int) -> float:
+    def _outside_calls(self, pct: int, count: int) -> float:
         """Calls in the newest report that were not ours: at most its calls (the integer hides up to one
         percent) less our sends within the window when its state was current."""
         window, cost = self.window_s, self._cost
@@ -385,7 +391,8 @@ class ScopeBudget:
             return 0.0
         sends, at = self._sends, self.reflected_at
         reported = math.ceil((pct + 1) / cost - 1e-9) - 1
-        ours = bisect.bisect_right(sends, at) - bisect.bisect_right(sends, at - window)
+        sent = self._ring_sent[max(0, count - self._lead) % len(self._ring)] - self._dropped_n
+        ours = max(0, sent - bisect.bisect_right(sends, at - window))
         return float(max(0, reported - ours))
 
     def _counted(self, pct: int, count: int) -> None:
@@ -396,16 +403,17 @@ class ScopeBudget:
         window is longer than its age), the one before them had left (the window is at most its age). Usage
         not ours, or a lag not measured, would make both look shorter than they are: the upper bound only
         narrows one a fall gave, where it does not contradict the lower ones (see `_bound`)."""
-        cost, sends = self._cost, self._sends
-        if cost is None or cost < 1.0 or pct >= 100 or self._ring_busy[
-                max(0, count - self._lead) % len(self._ring)]:
+        cost, sends, reflected = self._cost, self._sends, max(0, count - self._lead) % len(self._ring)
+        if cost is None or cost < 1.0 or pct >= 100 or self._ring_busy[reflected]:
             return
         counted = pct / cost
         n = round(counted)
         if abs(counted - n) > 1e-6:
             return
         at = self.reflected_at
-        sent = bisect.bisect_left(sends, at)  # a send at that very time left after that answer
+        sent = self._ring_sent[reflected] - self._dropped_n  # our sends until then, in `_sends`
+        if sent < 0:
+            return
         self._excess = max(0, n - (sent - self._aged_n))
         if n > sent or (n == sent and self._untracked):  # usage not ours, or our oldest sends' times lost
             return
@@ -428,6 +436,7 @@ class ScopeBudget:
         if self._sends:
             self._untracked += len(self._sends)
             self._untracked_at = max(self._untracked_at, self._sends[-1])
+            self._dropped_n += len(self._sends)
             self._sends.clear()
             self._aged_n = 0
 
