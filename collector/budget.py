@@ -201,13 +201,17 @@ class ScopeBudget:
             return 0.0 if free > 0 or not self.in_flight else None
         ages_at = self._next_free_at(now, free)
         if ages_at is not None:  # the window is known: no reserve to spread, calls leave as ours age out
-            if free > 1:
+            # While the window's bounds are apart, the last free calls (or a probe into the margin, one
+            # spare) leave when they best narrow them: calls that would have left anyway, a little later. As
+            # many as the reports lag, plus one, one at a time: the last one's report describes the first's.
+            probe_at = self._probe_at(now) if free > 0 or (left >= 2 and not self.in_flight) else math.inf
+            held = 1 + self._lead if probe_at < math.inf else 0
+            if free > held:
                 return 0.0
-            # The last free call, or a probe into the margin (one spare), leaves when it best narrows the
-            # window's bounds (while they are apart): a call that would have left anyway, a little later.
-            probe_at = self._probe_at(now) if free == 1 or (left >= 2 and not self.in_flight) else math.inf
-            if free == 1:
-                return 0.0 if probe_at <= now or probe_at == math.inf else probe_at - now
+            if free > 0:
+                if probe_at > now:
+                    return probe_at - now
+                return 0.0 if not self.in_flight else None
             if probe_at <= now:
                 return 0.0
             return max(_MIN_WAIT_S, min(ages_at, probe_at) - now)  # never 0.0 here: nothing is free yet
