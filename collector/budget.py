@@ -10,19 +10,37 @@ possibly a few calls late. It never says how large the budget is, nor how long i
   change; the upper median of the last `COST_STEPS` rises (one rise can mislead either way: calls ageing out
   of the window make it look cheap, a lagging first report spreads it over several calls, a request the
   transport re-sent unseen doubles it).
+- **lag**: reports that repeat the first one before the first rise, or (reports that only start after the
+  first answers) our answered calls the first report did not count: how many calls late the reports run
+  (`_lead`). A report describes the state of `_lead` reports earlier (`reflected_at`), and is attributed to
+  it wherever times matter.
 - **calls left** before 100 %: `(100 - used) / cost`, where `used` is the last report plus the calls answered
-  since it, up to the next whole percent (the report is an integer: the truth lies below the next one).
+  since it (and the lag's), up to the next whole percent (the report is an integer: the truth lies below the
+  next one).
 - **never more in flight than left**: calls in flight plus the one about to leave stay at most the calls left
-  minus `margin_calls` (reports can lag a few calls behind: the margin is never spent).
-- **spread near zero**: the last `reserve` calls above the margin leave one at a time, `spacing_s` apart: the
-  window's refill rate (window / budget) once the window is known, else probes 2 s, 4 s, 8 s ... apart, each
-  asking whether the window rolled — but never further apart than the refill rate of the window Meta
-  documents for the scope (`documented_window_s`: 1 h for the app, 24 h for an account's BUC budget), so a
-  large budget with a long window (80 % of 8,000 calls an hour) is spent at its refill rate instead of
-  crawling at one probe a minute. The percentage falling ends the probing: calls aged out of the window,
-  and the send times of our own oldest calls bound its length.
+  minus a margin (`margin_calls`; two where each call moves the percentage, since the lag is then measured;
+  one where it was measured exactly, for a request the transport re-sent unseen). The margin is not spent.
+- **the window**, once the percentage fell: the ages of our own sends bound it, at the time the report
+  describes: from above by a fall (the largest such bound stands) or an exact report (one that counted a
+  whole number of calls with nothing in flight: the newest n of our sends were counted, the one before had
+  aged), from below by the oldest call an exact report still counted. While the bounds are more than 5 %
+  apart, the last free calls (as many as the reports lag, plus one) leave halfway between them.
+- **the window known** (and our sends within it kept: budgets up to `SEND_HISTORY` calls): calls left are
+  also the budget, less the calls not ours the last report showed, less our sends still within the window's
+  upper bound; a scope at its budget resumes the moment its oldest calls age out, without probing and
+  without waiting for a (lagging) report to show the fall.
+- **the window unknown, near zero**: the last `reserve` calls above the margin leave one at a time, probes
+  2 s, 4 s, 8 s ... apart, each asking whether the window rolled — but never further apart than the refill
+  rate of the window Meta documents for the scope (`documented_window_s`: 1 h for the app, 24 h for an
+  account's BUC budget), so a large budget with a long window (80 % of 8,000 calls an hour) is spent at its
+  refill rate instead of crawling at one probe a minute. With nothing to spare, one call after
+  `max_age_s` (assuming the window is no longer), then one at a time until a report describes a state
+  after that call (a report 3 calls late needs 3 more).
 - **no report, or reports that stopped**: with no report yet, or the last one older than `max_age_s`, or no
   rise seen yet (cost unknown), calls leave at once; the caller bounds them (an account's own fan-out).
+
+Per call: a few attribute reads, a ring slot and, for small budgets, a deque append and two bisections of at
+most `SEND_HISTORY` sorted times; no allocation grows with the calls.
 
 Throttle codes (80002, 4, ...) are not seen here: they pause the scope in `ratelimit.Throttle`, as before.
 """
@@ -41,7 +59,7 @@ RESERVE_MIN_CALLS = 2  # the spread reserve: at least this many calls ...
 RESERVE_FRACTION = 0.2  # ... or this share of the estimated budget
 PROBE_PRECISION = 0.05  # the window's bounds are narrowed by probes until they are this close (share of it)
 SEND_HISTORY = 1024  # send times are kept for the window estimate only for budgets up to this many calls
-# ... and, while the budget is still unknown, the last this many (the first burst leaves before any rise: the
+# ... and, while the budget is still unknown, the first this many (the first burst leaves before any rise: the
 # first fall bounds the window from its send times; 10,000 large-budget accounts keep at most this many
 # each, within the deque's first block, which is allocated anyway).
 SEND_HISTORY_UNKNOWN = 32
@@ -142,6 +160,8 @@ class ScopeBudget:
         repeats = self._changed - self._silent
         used = pct + cost * (lag + self._silent) + min(cost * repeats, max(0.0, 1.0 - cost))
         left = math.floor((100.0 - used) / cost + 1e-9)
+        if self.window_s is None:  # (the common case, kept cheap: Meta's large budgets never see it roll)
+            return left
         by_log = self._left_by_log(now)
         return left if by_log is None or by_log < left else by_log
 
@@ -199,7 +219,7 @@ class ScopeBudget:
         free = left - self._margin() - self.in_flight
         if self._cost is None:  # only the first report's bound: one at a time until a rise shows the cost
             return 0.0 if free > 0 or not self.in_flight else None
-        ages_at = self._next_free_at(now, free)
+        ages_at = None if self.window_s is None else self._next_free_at(now, free)
         if ages_at is not None:  # the window is known: no reserve to spread, calls leave as ours age out
             # While the window's bounds are apart, the last free calls (or a probe into the margin, one
             # spare) leave when they best narrow them: calls that would have left anyway, a little later. As
@@ -269,16 +289,22 @@ class ScopeBudget:
         self.last_send_at = now
         budget = self.budget_calls()
         # Send times are kept for budgets small enough for the window to matter (a large one's window hardly
-        # does, and 10,000 accounts' times would cost ~20 MB), and while the budget is unknown the last few.
-        cap = SEND_HISTORY_UNKNOWN if budget is None else SEND_HISTORY if budget <= SEND_HISTORY else 0
+        # does, and 10,000 accounts' times would cost ~20 MB), and while the budget is unknown the first
+        # few: that many calls without a rise make a large budget (the log is dropped until the cost shows).
         sends = self._sends
-        if cap:
-            sends.append(now)
-            if len(sends) > cap:
-                self._untracked_at = sends.popleft()
+        if budget is None:
+            keep = not self._untracked and len(sends) < SEND_HISTORY_UNKNOWN
+            if not keep and sends:
+                self._forget_sends()
+        else:
+            keep = budget <= SEND_HISTORY
+            if keep and len(sends) >= SEND_HISTORY:
+                sends.popleft()
                 self._dropped_n += 1
                 self._untracked += 1
                 self._aged_n = max(0, self._aged_n - 1)
+        if keep:
+            sends.append(now)
         else:
             self._untracked += 1
             self._untracked_at = now
@@ -322,40 +348,24 @@ class ScopeBudget:
         self.reported_at = now
         ring = self._ring
         count = self._reports + (previous is not None)  # reports before this one
-        ring[count % len(ring)] = now
-        self._ring_busy[count % len(ring)] = self.in_flight > 0
-        self._ring_sent[count % len(ring)] = self._dropped_n + len(self._sends)
-        # The state this report describes: `_lead` reports ago (the first one's, for the first reports).
-        self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
+        if self._cost is not None and self._cost < 1.0:  # the lag is not counted, no send time kept: no ring
+            self.reflected_at = now
+        else:
+            ring[count % len(ring)] = now
+            self._ring_busy[count % len(ring)] = self.in_flight > 0
+            self._ring_sent[count % len(ring)] = self._dropped_n + len(self._sends)
+            # The state this report describes: `_lead` reports ago (the first one's, for the first reports).
+            self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
         if previous is None:  # the first report: a baseline (usage before us may be in it)
             self._base_calls = self._changed + 1
             self._changed = 0
             self._base_pct = pct
             return
         self._reports += 1
-        if pct == self._base_pct and self._cost is None and not self._fallen:
-            # A repeat of the baseline before the first rise. A baseline of 0 % after our own call was
-            # answered did not count that call: the reports were late by one more (and by exactly that much).
-            exact = pct == 0
-            self._lead = min(self._reports + exact, self.margin_calls + 2)
-            self._lead_exact = exact and self._lead == self._reports + exact
-            self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
-        elif self._cost is None and not self._fallen and self._base_pct == 0 and not self._lead_exact:
-            # The first rise straight after a 0 % baseline (no repeat): the baseline was one call late.
-            self._lead_exact = self._lead == 0
-            self._lead = max(self._lead, 1)
-        elif self._cost is None and not self._fallen and self._lead == 0 and self._base_pct > 0:
-            # The first rise straight after the baseline: what one call costs. Our calls answered until the
-            # baseline, less the calls it counted, are how late it was (reports that only start after the
-            # first calls show no repeat to count). None late: no usage but ours, reports on time (exactly:
-            # a lag of one would need usage not ours of exactly one call).
-            step = (pct - previous) / (self._changed + 1)
-            late = self._base_calls - self._base_pct / step
-            if step >= 1.0 and abs(late - round(late)) < 1e-6 and late > -0.5:
-                self._lead = min(round(late), self.margin_calls + 2)
-                self._lead_exact = self._lead == 0
-                self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
-        self._pruned += self._prune()
+        if self._cost is None and not self._fallen:  # before the first rise: how late the reports run
+            self._measure_lag(pct, previous, count)
+        if self.window_s is not None:
+            self._pruned += self._prune()
         if pct < previous:
             self._fallen = True
         if pct > previous:
@@ -369,8 +379,35 @@ class ScopeBudget:
             self._changed = self._pruned = 0
         else:
             self._changed += 1
-        self._counted(pct, count)
-        self._outside = self._outside_calls(pct, count)
+        if self._cost is not None and self._cost >= 1.0:  # (large budgets: neither applies)
+            self._counted(pct, count)
+            if self.window_s is not None:
+                self._outside = self._outside_calls(pct, count)
+
+    def _measure_lag(self, pct: int, previous: int, count: int) -> None:
+        """`_lead` (exact or not) from a report before the first rise; `count`: reports before it."""
+        if pct == self._base_pct:
+            # A repeat of the baseline before the first rise. A baseline of 0 % after our own call was
+            # answered did not count that call: the reports were late by one more (and by exactly that much).
+            exact = pct == 0
+            self._lead = min(self._reports + exact, self.margin_calls + 2)
+            self._lead_exact = exact and self._lead == self._reports + exact
+            self.reflected_at = self._ring[max(0, count - self._lead) % len(self._ring)]
+        elif self._base_pct == 0 and not self._lead_exact:
+            # The first rise straight after a 0 % baseline (no repeat): the baseline was one call late.
+            self._lead_exact = self._lead == 0
+            self._lead = max(self._lead, 1)
+        elif self._lead == 0 and self._base_pct > 0:
+            # The first rise straight after the baseline: what one call costs. Our calls answered until the
+            # baseline, less the calls it counted, are how late it was (reports that only start after the
+            # first calls show no repeat to count). None late: no usage but ours, reports on time (exactly:
+            # a lag of one would need usage not ours of exactly one call).
+            step = (pct - previous) / (self._changed + 1)
+            late = self._base_calls - self._base_pct / step
+            if step >= 1.0 and abs(late - round(late)) < 1e-6 and late > -0.5:
+                self._lead = min(round(late), self.margin_calls + 2)
+                self._lead_exact = self._lead == 0
+                self.reflected_at = self._ring[max(0, count - self._lead) % len(self._ring)]
 
     def _prune(self) -> int:
         """Drops the sends that were out of the window when the newest report's state was current; returns how
