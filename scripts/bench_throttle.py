@@ -223,11 +223,13 @@ async def stored_rows(dsn: str) -> dict[str, Any]:
     try:
         counts = {table: await conn.fetchval(f"SELECT count(*) FROM {table}")  # fixed names
                   for table in ("ig_account", "ig_media", "ig_media_insight", "ig_account_insight")}
-        # A first pass appends no history: every row here would be a value stored twice.
+        # The history gets every value inserted or changed (upserts.py): on a first pass, one row per media
+        # insight row; more would be a value written twice.
         history = await conn.fetchval("SELECT count(*) FROM ig_media_insight_history")
     finally:
         await conn.close()
-    return {"rows": counts, "history_rows": history}
+    return {"rows": counts, "history_rows": history,
+            "history_once": history == counts["ig_media_insight"]}
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
