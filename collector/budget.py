@@ -74,8 +74,8 @@ class ScopeBudget:
 
     __slots__ = ("_aged_n", "_base_calls", "_base_pct", "_changed", "_cost", "_dropped_n", "_excess",
                  "_fallback", "_fallback_at", "_fallen", "_lead", "_lead_exact", "_outside", "_probe_s",
-                 "_pruned", "_report_sent_at", "_reports", "_ring", "_ring_busy", "_ring_sent", "_sends",
-                 "_silent", "_spreading", "_steps", "_untracked", "_untracked_at", "_window_lo",
+                 "_pruned", "_report_sent_at", "_reports", "_ring", "_ring_flying", "_ring_sent", "_sends",
+                 "_shared", "_silent", "_spreading", "_steps", "_untracked", "_untracked_at", "_window_lo",
                  "documented_window_s", "in_flight", "last_send_at", "margin_calls", "max_age_s",
                  "max_in_flight", "pct", "reflected_at", "reported_at", "window_s")
 
@@ -108,6 +108,9 @@ class ScopeBudget:
         self._untracked_at = -math.inf  # ... the newest of them
         self._outside = 0.0  # calls in the last report that are not ours in the window (once it is known)
         self._excess = 0  # calls an exact report counted beyond our sends not known to have aged
+        # Usage not ours seen (more than a re-send explains): our send times then say too little about the
+        # window's content, so they neither pace nor bound it (the reports alone do, as for a large budget).
+        self._shared = False
         self._silent = 0  # answers without a report since the last report
         # Lag: reports that repeat the first one before the first rise. Where each call moves the percentage
         # (cost >= 1 %), that is how many calls late the reports run. A first report of 0 % after our own call
@@ -121,7 +124,7 @@ class ScopeBudget:
         # When the last reports arrived (a ring, newest at `_reports % len`): a report `_lead` calls late
         # describes the state of `_lead` reports earlier.
         self._ring = [0.0] * (margin_calls + 3)
-        self._ring_busy = [True] * (margin_calls + 3)  # ... whether calls were in flight then ...
+        self._ring_flying = [1] * (margin_calls + 3)  # ... how many calls were in flight then ...
         self._ring_sent = [0] * (margin_calls + 3)  # ... and how many we had sent (`_sends` kept or not)
         self._report_sent_at = -math.inf  # when the call behind the newest report left
         self._fallen = False
@@ -172,7 +175,7 @@ class ScopeBudget:
         between reports, so a scope at its budget resumes when its oldest calls leave the window, without a
         probe (and without waiting for a lagging report to show it)."""
         window, cost = self.window_s, self._cost
-        if window is None or cost is None or cost < 100.0 / SEND_HISTORY:
+        if window is None or cost is None or cost < 100.0 / SEND_HISTORY or self._shared:
             return None
         window += WINDOW_SLACK * window
         if self._untracked_at > now - window:
@@ -352,7 +355,7 @@ class ScopeBudget:
             self.reflected_at = now
         else:
             ring[count % len(ring)] = now
-            self._ring_busy[count % len(ring)] = self.in_flight > 0
+            self._ring_flying[count % len(ring)] = self.in_flight
             self._ring_sent[count % len(ring)] = self._dropped_n + len(self._sends)
             # The state this report describes: `_lead` reports ago (the first one's, for the first reports).
             self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
@@ -383,6 +386,7 @@ class ScopeBudget:
             self._counted(pct, count)
             if self.window_s is not None:
                 self._outside = self._outside_calls(pct, count)
+                self._seen_not_ours(math.ceil(self._outside))
 
     def _measure_lag(self, pct: int, previous: int, count: int) -> None:
         """`_lead` (exact or not) from a report before the first rise; `count`: reports before it."""
@@ -432,8 +436,10 @@ class ScopeBudget:
             return 0.0
         sends, at = self._sends, self.reflected_at
         reported = math.ceil((pct + 1) / cost - 1e-9) - 1
-        sent = self._ring_sent[max(0, count - self._lead) % len(self._ring)] - self._dropped_n
-        ours = max(0, sent - bisect.bisect_right(sends, at - window))
+        # Our sends until then, less those still in flight (they may not have been counted yet).
+        reflected = max(0, count - self._lead) % len(self._ring)
+        sent = self._ring_sent[reflected] - self._ring_flying[reflected] - self._dropped_n
+        ours = max(0, sent - max(self._aged_n, bisect.bisect_right(sends, at - window)))  # as _left_by_log
         return float(max(0, reported - ours))
 
     def _counted(self, pct: int, count: int) -> None:
@@ -445,7 +451,7 @@ class ScopeBudget:
         not ours, or a lag not measured, would make both look shorter than they are: the upper bound only
         narrows one a fall gave, where it does not contradict the lower ones (see `_bound`)."""
         cost, sends, reflected = self._cost, self._sends, max(0, count - self._lead) % len(self._ring)
-        if cost is None or cost < 1.0 or pct >= 100 or self._ring_busy[reflected]:
+        if cost is None or cost < 1.0 or pct >= 100 or self._ring_flying[reflected]:
             return
         counted = pct / cost
         n = round(counted)
@@ -456,6 +462,9 @@ class ScopeBudget:
         if sent < 0:
             return
         self._excess = max(0, n - (sent - self._aged_n))
+        self._seen_not_ours(self._excess)
+        if self._shared:
+            return
         if n > sent or (n == sent and self._untracked):  # usage not ours, or our oldest sends' times lost
             return
         if n:
@@ -463,6 +472,14 @@ class ScopeBudget:
         if n < sent and self.window_s is not None:  # the first bound comes from a fall (see `_fell`)
             self._aged_n = max(self._aged_n, sent - n)
             self._bound(at - sends[sent - n - 1])
+
+    def _seen_not_ours(self, calls: int) -> None:
+        """A report counted `calls` calls beyond ours: one may be a request the transport re-sent unseen (the
+        lag is then not known exactly: two calls of margin); more are usage not ours."""
+        if calls >= 1:
+            self._lead_exact = False
+        if calls >= 2:
+            self._shared = True
 
     def _bound(self, bound: float) -> None:
         """An upper bound of the window: the tightest one stands, unless it contradicts a lower bound (then

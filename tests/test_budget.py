@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -144,17 +145,25 @@ class Outcome:
 
 
 def drive(budget_calls: int, window_s: float, calls: int, *, lag: int = 0, after: int = 0,
-          concurrency: int = 12, latency_s: float = 0.05, margin: int = 3, resend_every: int = 0) -> Outcome:
+          concurrency: int = 12, latency_s: float = 0.05, margin: int = 3, resend_every: int = 0,
+          others_every_s: float = 0.0) -> Outcome:
     """`calls` calls through one ScopeBudget against a rolling window of `budget_calls` per `window_s` whose
     answers report integer percentages, from the `after + 1`-th answer on, `lag` answers late; every
     `resend_every`-th call is counted twice (a request the transport re-sent unseen, as after a dropped
-    connection)."""
+    connection); another client spends the same budget, a call every `others_every_s` seconds."""
     scope = budget.ScopeBudget(margin, 60.0, concurrency)
     window: collections.deque[float] = collections.deque()
     history: list[int] = []
     events: list[tuple[float, int, int | str | None]] = []
     now, seq, sent, answered, overruns = 0.0, 0, 0, 0, 0
+    others_at = others_every_s or math.inf
     while answered < calls:
+        while others_at <= now:  # the other client's calls (they count, whatever the window holds)
+            while window and window[0] <= others_at - window_s:
+                window.popleft()
+            if len(window) < budget_calls:
+                window.append(others_at)
+            others_at += others_every_s
         while sent < calls:
             delay = scope.delay_s(now)
             if delay != 0.0:
@@ -312,3 +321,15 @@ def test_a_large_budget_keeps_no_send_times() -> None:
         call(scope, 1, 0.0)
     assert scope.window_s is None and scope.calls_left(0.0) is not None
     assert not scope._sends  # the memory the issue's 10,000-account figure counts
+
+
+@pytest.mark.parametrize(("budget_calls", "window_s", "calls"), [
+    (20, 10.0, 51), (20, 10.0, 200), (100, 60.0, 400)])
+@pytest.mark.parametrize("lag", [0, 3])
+def test_usage_not_ours_is_not_taken_for_ours(budget_calls: int, window_s: float, calls: int,
+                                              lag: int) -> None:
+    # Another client of the same app and account calls every 5 s (reference §6: the BUC budget is per app +
+    # account; X-App-Usage is app-wide). Its calls age out too: they must not be taken for ours (our send
+    # times would then bound the window short, or count our calls out of it early).
+    outcome = drive(budget_calls, window_s, calls, lag=lag, concurrency=16, others_every_s=5.0)
+    assert outcome.overruns == 0
