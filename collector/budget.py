@@ -385,8 +385,9 @@ class ScopeBudget:
         if self._cost is not None and self._cost >= 1.0:  # (large budgets: neither applies)
             self._counted(pct, count)
             if self.window_s is not None:
-                self._outside = self._outside_calls(pct, count)
-                self._seen_not_ours(math.ceil(self._outside))
+                most, least = self._outside_calls(pct, count)
+                self._outside = float(most)
+                self._seen_not_ours(least)
 
     def _measure_lag(self, pct: int, previous: int, count: int) -> None:
         """`_lead` (exact or not) from a report before the first rise; `count`: reports before it."""
@@ -428,19 +429,20 @@ class ScopeBudget:
         self._aged_n = max(0, self._aged_n - pruned)
         return extra
 
-    def _outside_calls(self, pct: int, count: int) -> float:
-        """Calls in the newest report that were not ours: at most its calls (the integer hides up to one
-        percent) less our sends within the window when its state was current."""
+    def _outside_calls(self, pct: int, count: int) -> tuple[int, int]:
+        """Calls in the newest report that were not ours, (at most, at least): its calls (the integer hides up
+        to one percent) less our sends within the window when its state was current, those then in flight
+        not counted (at most: the server may not have counted them yet) or counted (at least)."""
         window, cost = self.window_s, self._cost
         if window is None or cost is None or cost < 100.0 / SEND_HISTORY:
-            return 0.0
+            return 0, 0
         sends, at = self._sends, self.reflected_at
         reported = math.ceil((pct + 1) / cost - 1e-9) - 1
-        # Our sends until then, less those still in flight (they may not have been counted yet).
         reflected = max(0, count - self._lead) % len(self._ring)
-        sent = self._ring_sent[reflected] - self._ring_flying[reflected] - self._dropped_n
+        sent = self._ring_sent[reflected] - self._dropped_n
         ours = max(0, sent - max(self._aged_n, bisect.bisect_right(sends, at - window)))  # as _left_by_log
-        return float(max(0, reported - ours))
+        flying = min(ours, self._ring_flying[reflected])
+        return max(0, reported - ours + flying), max(0, reported - ours)
 
     def _counted(self, pct: int, count: int) -> None:
         """Bounds of the window from one report that says exactly how many calls it counted: every call costs
