@@ -75,7 +75,7 @@ class ScopeBudget:
     __slots__ = ("_aged_n", "_base_calls", "_base_pct", "_changed", "_cost", "_dropped_n", "_excess",
                  "_fallback", "_fallback_at", "_fallen", "_lead", "_lead_exact", "_outside", "_probe_s",
                  "_pruned", "_report_sent_at", "_reports", "_ring", "_ring_flying", "_ring_sent", "_sends",
-                 "_shared", "_silent", "_spreading", "_steps", "_untracked", "_untracked_at", "_window_lo",
+                 "_shared_at", "_silent", "_spreading", "_steps", "_untracked", "_untracked_at", "_window_lo",
                  "documented_window_s", "in_flight", "last_send_at", "margin_calls", "max_age_s",
                  "max_in_flight", "pct", "reflected_at", "reported_at", "window_s")
 
@@ -108,9 +108,10 @@ class ScopeBudget:
         self._untracked_at = -math.inf  # ... the newest of them
         self._outside = 0.0  # calls in the last report that are not ours in the window (once it is known)
         self._excess = 0  # calls an exact report counted beyond our sends not known to have aged
-        # Usage not ours seen (more than a re-send explains): our send times then say too little about the
-        # window's content, so they neither pace nor bound it (the reports alone do, as for a large budget).
-        self._shared = False
+        # When usage not ours was last seen (more than a re-send explains): for a window from then our send
+        # times say too little about the window's content; they neither pace nor bound it (the reports alone
+        # do, as for a large budget).
+        self._shared_at = -math.inf
         self._silent = 0  # answers without a report since the last report
         # Lag: reports that repeat the first one before the first rise. Where each call moves the percentage
         # (cost >= 1 %), that is how many calls late the reports run. A first report of 0 % after our own call
@@ -175,7 +176,7 @@ class ScopeBudget:
         between reports, so a scope at its budget resumes when its oldest calls leave the window, without a
         probe (and without waiting for a lagging report to show it)."""
         window, cost = self.window_s, self._cost
-        if window is None or cost is None or cost < 100.0 / SEND_HISTORY or self._shared:
+        if window is None or cost is None or cost < 100.0 / SEND_HISTORY or self._shared(now):
             return None
         window += WINDOW_SLACK * window
         if self._untracked_at > now - window:
@@ -382,7 +383,10 @@ class ScopeBudget:
             self._changed = self._pruned = 0
         else:
             self._changed += 1
-        if self._cost is not None and self._cost >= 1.0:  # (large budgets: neither applies)
+        steps = self._steps
+        # Exact reports need a settled cost (the first rises can mislead: a lag spreads one over several
+        # calls); large budgets have neither.
+        if self._cost is not None and self._cost >= 1.0 and len(steps) >= 2 and steps[-1] == steps[-2]:
             self._counted(pct, count)
             if self.window_s is not None:
                 most, least = self._outside_calls(pct, count)
@@ -465,7 +469,7 @@ class ScopeBudget:
             return
         self._excess = max(0, n - (sent - self._aged_n))
         self._seen_not_ours(self._excess)
-        if self._shared:
+        if self._shared(at):
             return
         if n > sent or (n == sent and self._untracked):  # usage not ours, or our oldest sends' times lost
             return
@@ -481,7 +485,10 @@ class ScopeBudget:
         if calls >= 1:
             self._lead_exact = False
         if calls >= 2:
-            self._shared = True
+            self._shared_at = self.reflected_at
+
+    def _shared(self, now: float) -> bool:
+        return now - self._shared_at <= (self.max_age_s if self.window_s is None else self.window_s)
 
     def _bound(self, bound: float) -> None:
         """An upper bound of the window: the tightest one stands, unless it contradicts a lower bound (then
