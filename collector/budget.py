@@ -28,7 +28,8 @@ possibly a few calls late. It never says how large the budget is, nor how long i
 - **the window known** (and our sends within it kept: budgets up to `SEND_HISTORY` calls): calls left are
   also the budget, less the calls not ours the last report showed, less our sends still within the window's
   upper bound; a scope at its budget resumes the moment its oldest calls age out, without probing and
-  without waiting for a (lagging) report to show the fall.
+  without waiting for a (lagging) report to show the fall. Not for a window after a report counted two or
+  more calls beyond ours (usage not ours: its calls age out too, and would be taken for ours).
 - **the window unknown, near zero**: the last `reserve` calls above the margin leave one at a time, probes
   2 s, 4 s, 8 s ... apart, each asking whether the window rolled — but never further apart than the refill
   rate of the window Meta documents for the scope (`documented_window_s`: 1 h for the app, 24 h for an
