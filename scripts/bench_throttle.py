@@ -24,6 +24,16 @@ embedded one of `collector.storage.db`), writes a config and runs one pass (`pas
 The goal (issue 9): a budget use of at least 0.9 with under 1 % of the calls during blocks. With bursts of a
 rolling window, C calls per account can use at most C / (budget x (1 + ceil(C / budget - 1))) of it (printed
 as `budget_used_max`): the first window is spent at once, each later one when the window rolls.
+
+How well the pacing itself does, from the simulator's counts alone (no figure of the collector's):
+
+  pacing_efficiency     budget_used / budget_used_max: the share of what bursts of the rolling window could
+                        have used that the pass did use (1.0: every window spent the moment it rolled)
+  min_span_s            the shortest time the busiest account's calls fit its budget in: C calls, at most
+                        `budget` per rolling window, need (ceil(C / budget) - 1) windows between the first
+                        and the last (C counted per account by the simulator, throttled calls included)
+  wall_over_min_span    wall_s / min_span_s: how far the pass is from that floor (it also includes the
+                        round trips of the last calls and the pass's own start and end)
 """
 
 from __future__ import annotations
@@ -213,11 +223,13 @@ async def stored_rows(dsn: str) -> dict[str, Any]:
     try:
         counts = {table: await conn.fetchval(f"SELECT count(*) FROM {table}")  # fixed names
                   for table in ("ig_account", "ig_media", "ig_media_insight", "ig_account_insight")}
-        # A first pass appends no history: every row here would be a value stored twice.
+        # The history gets every value inserted or changed (upserts.py): on a first pass, one row per media
+        # insight row; more would be a value written twice.
         history = await conn.fetchval("SELECT count(*) FROM ig_media_insight_history")
     finally:
         await conn.close()
-    return {"rows": counts, "history_rows": history}
+    return {"rows": counts, "history_rows": history,
+            "history_once": history == counts["ig_media_insight"]}
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -238,6 +250,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     allowed = args.accounts * args.account_budget * (wall_s + args.budget_window_s) / args.budget_window_s
     per_account = served / args.accounts
     windows = 1 + max(0, math.ceil(per_account / args.account_budget - 1))
+    busiest = max(stats.get("by_account", {}).values(), default=0)
+    min_span_s = max(0, math.ceil(busiest / args.account_budget) - 1) * args.budget_window_s
     return {
         "non_default": non_default(args) or "none (shipped defaults)",
         "database": where,
@@ -255,6 +269,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "blocked_share": round(stats["while_blocked_total"] / stats["calls"], 4) if stats["calls"] else None,
         "budget_used": round(served / allowed, 3) if allowed else None,
         "budget_used_max": round(per_account / (args.account_budget * windows), 3),
+        "pacing_efficiency": (round(served / allowed / (per_account / (args.account_budget * windows)), 3)
+                              if allowed and per_account else None),
+        "min_span_s": min_span_s,
+        "wall_over_min_span": round(wall_s / min_span_s, 2) if min_span_s else None,
         "accounts_ok": summary.accounts_ok, "jobs_failed": summary.jobs_failed,
         "unavailable": summary.unavailable, **stored,
     }

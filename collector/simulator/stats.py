@@ -53,5 +53,6 @@ class Stats:
             "while_blocked": dict(self.while_blocked),
             "while_blocked_total": sum(self.while_blocked.values()),
             "faults": dict(self.faults), "accounts_called": len(self.by_account),
+            "by_account": dict(self.by_account),
             "by_agent": dict(self.by_agent),
         }
