@@ -57,11 +57,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def sim_args(args: argparse.Namespace, *, budget: bool) -> argparse.Namespace:
-    """The namespace bench_throttle.simulator reads."""
+    """The namespace bench_throttle.simulator reads. With budgets, the usage headers are withheld (only
+    throttled answers carry one), as in tests/test_shutdown.py: the budget pacing would otherwise keep the
+    accounts out of the blocks whose pauses this measures the stop during."""
     return argparse.Namespace(
         fault_rate=args.fault_rate, seed=args.seed, accounts=args.accounts, media=args.media,
         latency_ms=args.latency_ms, backfill_days=30, account_budget=args.account_budget if budget else 0,
-        budget_window_s=3600.0, block_s=args.block_s, slow_delay_s=args.slow_delay_s)
+        budget_window_s=3600.0, block_s=args.block_s, slow_delay_s=args.slow_delay_s,
+        usage_after_calls=10**9 if budget else 0, usage_lag_calls=0)
 
 
 def write_config(directory: Path, base_url: str, dsn: str) -> Path:

@@ -72,3 +72,16 @@ def test_small_agency_mode_runs_once_and_the_replay(tmp_path: Path) -> None:
         assert run["calls"] == run["baseline_calls"] > 0  # the replay sends exactly what `once` sent
         assert run["first_graph_call_s"] is not None and run["import_aiohttp_s"] > 0
     assert set(agency["median"]) >= {"once_wall_s", "first_graph_call_s", "baseline_wall_s"}
+
+
+def test_shutdown_benchmark_runs_at_a_toy_size() -> None:
+    """scripts/bench_shutdown.py end to end once: it reads bench_throttle's simulator arguments, which grew
+    (--usage-after-calls, --usage-lag-calls) without it for a while."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_shutdown.py"), "--repeat", "1", "--accounts", "3",
+         "--media", "4", "--throttled", "1"],
+        check=False, capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": DSN})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for line in ("once  throttled:", "once  baseline", " run  throttled:", " run  baseline"):
+        assert line in proc.stdout, line
