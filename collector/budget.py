@@ -374,7 +374,16 @@ class ScopeBudget:
         if pct < previous:
             self._fallen = True
         if pct > previous:
-            self._steps.append((pct - previous) / (self._changed + 1))
+            calls = self._changed + 1
+            first = self._cost is None and self._lead_exact and self._base_pct == 0
+            if first and self._lead == self._reports:
+                # The first rise after a 0 % baseline that lagged: its repeats were the lag, not calls that
+                # left the percentage as it was. The rise describes the state at the baseline's answer, when
+                # at least our `_base_calls` answered calls were counted: it is their cost (spread over the
+                # repeats too, 3 calls late, 5 % read as 1.7 %: 54 calls left of 20, and an account's first
+                # burst went on up to its in-flight cap; issue 9).
+                calls = min(calls, self._base_calls)
+            self._steps.append((pct - previous) / calls)
             self._cost = sorted(self._steps)[len(self._steps) // 2]
             self._changed = self._pruned = 0
             if self._cost < 100.0 / SEND_HISTORY:  # a large budget: its send times are no longer kept
