@@ -178,11 +178,15 @@ def drive(budget_calls: int, window_s: float, calls: int, *, lag: int = 0, after
             sent += 1
             while window and window[0] <= now - window_s:
                 window.popleft()
-            for _ in range(2 if resend_every and sent % resend_every == 0 else 1):
+            copies = 2 if resend_every and sent % resend_every == 0 else 1
+            for copy in range(copies):
                 if len(window) >= budget_calls:
                     overruns += 1
                 else:
                     window.append(now)
+                if copy < copies - 1:  # the first attempt's answer, lost with its connection, is one of
+                    # the server's: the reports run one answer less late from here on
+                    history.append(min(100, len(window) * 100 // budget_calls))
             peak = max(peak, len(window))
             history.append(min(100, len(window) * 100 // budget_calls))
             report = history[-1 - lag] if len(history) > lag else 0
@@ -377,3 +381,17 @@ def test_a_profile_then_the_fan_out_at_once_keeps_a_call_spare(budget_calls: int
     assert outcome.overruns == 0
     assert outcome.peak <= budget_calls - 1
 
+
+@pytest.mark.parametrize(("concurrency", "resend_every"), [(16, 11), (16, 23), (12, 19)])
+@pytest.mark.parametrize("lag", [1, 2, 3])
+def test_a_request_re_sent_unseen_does_not_shorten_the_window(concurrency: int, resend_every: int,
+                                                              lag: int) -> None:
+    """A request the transport re-sent unseen (a dropped keep-alive connection) is answered twice by the
+    server: its reports run one of our answers less late from then on, and a report describes a state one
+    report later than `_lead` says. A fall bounds the window from that later time (the bench's overrun, issue
+    9: a fall after the 60 s fallback probe, attributed 8 s early, bounded the 10 s window at 6.0 s; the send
+    log then let calls out as if the first burst had aged). Main overran in 5 of these 9 (9 to 178 calls)."""
+    for calls in (51, 200):
+        outcome = drive(20, 10.0, calls, lag=lag, concurrency=concurrency, resend_every=resend_every,
+                        profile_first=True)
+        assert outcome.overruns == 0
