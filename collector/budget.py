@@ -23,8 +23,11 @@ possibly a few calls late. It never says how large the budget is, nor how long i
 - **the window**, once the percentage fell: the ages of our own sends bound it, at the time the report
   describes: from above by a fall (the largest such bound stands) or an exact report (one that counted a
   whole number of calls with nothing in flight: the newest n of our sends were counted, the one before had
-  aged), from below by the oldest call an exact report still counted. While the bounds are more than 5 %
-  apart, the last free calls (as many as the reports lag, plus one) leave halfway between them.
+  aged), from below by the oldest call an exact report still counted. Where the reports lag, the bounds from
+  above are taken at the latest time the report can describe, one report later than the lag says: a request
+  the transport re-sent unseen was answered twice, and the reports run one answer less late from then on.
+  While the bounds are more than 5 % apart, the last free calls (as many as the reports lag, plus one) leave
+  halfway between them.
 - **the window known** (and our sends within it kept: budgets up to `SEND_HISTORY` calls): calls left are
   also the budget, less the calls not ours the last report showed, less our sends still within the window's
   upper bound; a scope at its budget resumes the moment its oldest calls age out, without probing and
@@ -75,8 +78,9 @@ class ScopeBudget:
 
     __slots__ = ("_aged_n", "_base_calls", "_base_pct", "_changed", "_cost", "_dropped_n", "_excess",
                  "_fallback", "_fallback_at", "_fallen", "_lead", "_lead_exact", "_outside", "_probe_s",
-                 "_pruned", "_report_sent_at", "_reports", "_ring", "_ring_flying", "_ring_sent", "_sends",
-                 "_shared_at", "_silent", "_spreading", "_steps", "_untracked", "_untracked_at", "_window_lo",
+                 "_pruned", "_reflected_late", "_report_sent_at", "_reports", "_ring", "_ring_flying",
+                 "_ring_sent", "_sends", "_shared_at", "_silent", "_spreading", "_steps", "_untracked",
+                 "_untracked_at", "_window_lo",
                  "documented_window_s", "in_flight", "last_send_at", "margin_calls", "max_age_s",
                  "max_in_flight", "pct", "reflected_at", "reported_at", "window_s")
 
@@ -91,6 +95,10 @@ class ScopeBudget:
         self.pct: int | None = None  # the last reported percentage
         self.reported_at = 0.0  # when it arrived
         self.reflected_at = 0.0  # when the state it reports was current (earlier when the reports lag)
+        # ... and the latest it can have been: one report later, where the reports lag. A request the
+        # transport re-sent unseen was answered twice by the server: from then on its reports run one of our
+        # answers less late than `_lead` says (the window's upper bounds are taken from this time).
+        self._reflected_late = 0.0
         self.in_flight = 0  # admitted and not answered yet
         self.last_send_at = -math.inf
         self.window_s: float | None = None  # upper bound of the rolling window, once a fall was seen
@@ -354,13 +362,13 @@ class ScopeBudget:
         ring = self._ring
         count = self._reports + (previous is not None)  # reports before this one
         if self._cost is not None and self._cost < 1.0:  # the lag is not counted, no send time kept: no ring
-            self.reflected_at = now
+            self.reflected_at = self._reflected_late = now
         else:
             ring[count % len(ring)] = now
             self._ring_flying[count % len(ring)] = self.in_flight
             self._ring_sent[count % len(ring)] = self._dropped_n + len(self._sends)
             # The state this report describes: `_lead` reports ago (the first one's, for the first reports).
-            self.reflected_at = ring[max(0, count - self._lead) % len(ring)]
+            self._reflect(count)
         if previous is None:  # the first report: a baseline (usage before us may be in it)
             self._base_calls = self._changed + 1
             self._changed = 0
@@ -374,7 +382,16 @@ class ScopeBudget:
         if pct < previous:
             self._fallen = True
         if pct > previous:
-            self._steps.append((pct - previous) / (self._changed + 1))
+            calls = self._changed + 1
+            first = self._cost is None and self._lead_exact and self._base_pct == 0
+            if first and self._lead == self._reports:
+                # The first rise after a 0 % baseline that lagged: its repeats were the lag, not calls that
+                # left the percentage as it was. The rise describes the state at the baseline's answer, when
+                # at least our `_base_calls` answered calls were counted: it is their cost (spread over the
+                # repeats too, 3 calls late, 5 % read as 1.7 %: 54 calls left of 20, and an account's first
+                # burst went on up to its in-flight cap; issue 9).
+                calls = min(calls, self._base_calls)
+            self._steps.append((pct - previous) / calls)
             self._cost = sorted(self._steps)[len(self._steps) // 2]
             self._changed = self._pruned = 0
             if self._cost < 100.0 / SEND_HISTORY:  # a large budget: its send times are no longer kept
@@ -394,6 +411,12 @@ class ScopeBudget:
                 self._outside = float(most)
                 self._seen_not_ours(least)
 
+    def _reflect(self, count: int) -> None:
+        """`reflected_at` and `_reflected_late` of the newest report (`count` reports before it)."""
+        ring, lead = self._ring, self._lead
+        self.reflected_at = ring[max(0, count - lead) % len(ring)]
+        self._reflected_late = ring[max(0, count - lead + 1) % len(ring)] if lead else self.reflected_at
+
     def _measure_lag(self, pct: int, previous: int, count: int) -> None:
         """`_lead` (exact or not) from a report before the first rise; `count`: reports before it."""
         if pct == self._base_pct:
@@ -402,7 +425,7 @@ class ScopeBudget:
             exact = pct == 0
             self._lead = min(self._reports + exact, self.margin_calls + 2)
             self._lead_exact = exact and self._lead == self._reports + exact
-            self.reflected_at = self._ring[max(0, count - self._lead) % len(self._ring)]
+            self._reflect(count)
         elif self._base_pct == 0 and not self._lead_exact:
             # The first rise straight after a 0 % baseline (no repeat): the baseline was one call late.
             self._lead_exact = self._lead == 0
@@ -417,7 +440,7 @@ class ScopeBudget:
             if step >= 1.0 and abs(late - round(late)) < 1e-6 and late > -0.5:
                 self._lead = min(round(late), self.margin_calls + 2)
                 self._lead_exact = self._lead == 0
-                self.reflected_at = self._ring[max(0, count - self._lead) % len(self._ring)]
+                self._reflect(count)
 
     def _prune(self) -> int:
         """Drops the sends that were out of the window when the newest report's state was current; returns how
@@ -478,7 +501,9 @@ class ScopeBudget:
             self._window_lo = max(self._window_lo, at - sends[sent - n])
         if n < sent and self.window_s is not None:  # the first bound comes from a fall (see `_fell`)
             self._aged_n = max(self._aged_n, sent - n)
-            self._bound(at - sends[sent - n - 1])
+            # From the latest time the report can describe (a re-send unseen shortens the lag): a state
+            # later than `at` counted these n among more of our sends, and the one before them is newer.
+            self._bound(self._reflected_late - sends[sent - n - 1])
 
     def _seen_not_ours(self, calls: int) -> None:
         """A report counted `calls` calls beyond ours: one may be a request the transport re-sent unseen (the
@@ -529,7 +554,7 @@ class ScopeBudget:
             return
         self._aged_n += aged
         newest_aged = sends[self._aged_n - 1]
-        at = self.reflected_at
+        at = self._reflected_late  # (a re-send unseen shortens the lag: `reflected_at` can bound it short)
         if at > newest_aged:
             # An upper bound of the window; the largest one seen stands (the safe side: a lag not measured,
             # usage not ours that aged, would make it look shorter). `_counted` narrows it, cross-checked.
