@@ -527,9 +527,12 @@ def media_insight_answers(sim: fixtures_sim.RunningSimulator) -> set[str]:
 async def test_sigterm_during_busy_run_exits_0_with_everything_fetched_written(
         signals: int, tmp_path: Path, database: str, start_simulator: fixtures_sim.StartSimulator,
         processes: list[DaemonProcess]) -> None:
-    # Slow answers, so SIGTERM lands while the first collection (with its backfill) is in flight.
+    # Slow answers, so SIGTERM lands while the first collection (with its backfill) is in flight. Forced:
+    # slower still, so that the graceful stop the first signal starts (it waits for the requests on the
+    # wire) is still going when the second signal comes, a poll (0.1 s) after `daemon_stopping`: at 60 ms
+    # the daemon was sometimes gone by then.
     sim = await start_simulator(accounts=4, media_per_account=24, seed=7, world_knobs=WORLD,
-                                latency_ms=60.0, record_arrivals=True)
+                                latency_ms=60.0 if signals == 1 else 1000.0, record_arrivals=True)
     setup = Setup(tmp_path, database, sim)
     accounts = sim.accounts()[:4]
     setup.write(accounts)
