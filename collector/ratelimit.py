@@ -44,12 +44,16 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import aiolimiter
 import orjson
 
 from collector import budget, metrics, settings
+
+if TYPE_CHECKING:
+    # Imported where a hard ceiling is made (`_limiter`): the shipped defaults have none, and importing
+    # aiolimiter costs ~15 ms of a pass's start (it reads its own version through importlib.metadata).
+    import aiolimiter
 
 Scope = Literal["app", "account"]
 
@@ -514,19 +518,13 @@ class Throttle:
 
     def _new_app(self, host: str) -> _ScopeState:
         rate = self._settings.app_calls_per_s
-        limiter = None
-        if rate > 0:
-            bucket = max(1.0, rate * _APP_BUCKET_S)
-            limiter = aiolimiter.AsyncLimiter(bucket, bucket / rate)
+        limiter = _limiter(max(1.0, rate * _APP_BUCKET_S), rate) if rate > 0 else None
         state = self._apps[host] = _ScopeState(limiter, rate, self._new_budget(None, APP_WINDOW_S))
         return state
 
     def _new_account(self, account_id: str) -> _ScopeState:
         rate = self._settings.account_calls_per_s
-        limiter = None
-        if rate > 0:
-            bucket = float(max(1, self._settings.account_burst))
-            limiter = aiolimiter.AsyncLimiter(bucket, bucket / rate)
+        limiter = _limiter(float(max(1, self._settings.account_burst)), rate) if rate > 0 else None
         state = self._accounts[account_id] = _ScopeState(limiter, rate,
                                                          self._new_budget(self._settings.account_max_in_flight,
                                                                           BUC_WINDOW_S))
@@ -536,3 +534,10 @@ class Throttle:
         rl = self._settings
         return _BudgetGate(budget.ScopeBudget(rl.budget_margin_calls, rl.usage_max_age_s, max_in_flight,
                                               documented_window_s=documented_window_s), self._clock)
+
+
+def _limiter(bucket: float, rate_per_s: float) -> aiolimiter.AsyncLimiter:
+    """A hard ceiling of `rate_per_s` with a bucket of `bucket` calls."""
+    import aiolimiter  # noqa: PLC0415  # lazy: see the import at the top
+
+    return aiolimiter.AsyncLimiter(bucket, bucket / rate_per_s)
