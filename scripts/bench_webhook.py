@@ -106,7 +106,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
                 await pool.close()
     return {
         "database": where,
-        "settings": "shipped defaults (writer flush_interval_s 1.0, connections 2; commit timeout 10 s)",
+        "settings": "shipped defaults (writer flush_interval_s 0.25, connections 2; commit timeout 10 s)",
         "baseline_sequential": {"deliveries": args.sequential, **quantiles(sequential)},
         "concurrent": {"concurrency": args.concurrency, "rounds": args.rounds, "deliveries": len(concurrent),
                        **quantiles(concurrent), "writer_commits": commits,
