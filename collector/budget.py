@@ -39,7 +39,11 @@ possibly a few calls late. It never says how large the budget is, nor how long i
   account's BUC budget), so a large budget with a long window (80 % of 8,000 calls an hour) is spent at its
   refill rate instead of crawling at one probe a minute. With nothing to spare, one call after
   `max_age_s` (assuming the window is no longer), then one at a time until a report describes a state
-  after that call (a report 3 calls late needs 3 more).
+  after that call (a report 3 calls late needs 3 more). Where the reports lag (counted: each call the same
+  whole percent), a probe's report shows the state of the probe `_lead` probes earlier: the last probe the
+  free calls pay for is followed at once by `_lead` calls, one at a time, so its own state is seen without
+  waiting for probes the reserve cannot pay for; the reserve holds at least `RESERVE_MIN_CALLS` probes with
+  their followers.
 - **no report, or reports that stopped**: with no report yet, or the last one older than `max_age_s`, or no
   rise seen yet (cost unknown), calls leave at once; the caller bounds them (an account's own fan-out).
 
