@@ -9,7 +9,10 @@ possibly a few calls late. It never says how large the budget is, nor how long i
 - **cost per call** (percent): each rise of the reported percentage, over the calls answered since the last
   change; the upper median of the last `COST_STEPS` rises (one rise can mislead either way: calls ageing out
   of the window make it look cheap, a lagging first report spreads it over several calls, a request the
-  transport re-sent unseen doubles it).
+  transport re-sent unseen doubles it), but never below the average of those within one percent of it (the
+  percent they rose by over the calls they took): a cost between whole percents shows as rises of both
+  neighbours, 3, 3, 4 for 3.33 %, whose median alone reads the budget of 30 calls as 33; an outlier is left
+  out, as it would read the budget low and stall the scope.
 - **lag**: reports that repeat the first one before the first rise, or (reports that only start after the
   first answers) our answered calls the first report did not count: how many calls late the reports run
   (`_lead`). A report describes the state of `_lead` reports earlier (`reflected_at`), and is attributed to
@@ -84,8 +87,8 @@ class ScopeBudget:
                  "_fallback", "_fallback_at", "_fallen", "_following", "_lead", "_lead_exact", "_outside",
                  "_probe_free", "_probe_s", "_probe_sent_at",
                  "_pruned", "_reflected_late", "_report_sent_at", "_reports", "_ring", "_ring_flying",
-                 "_ring_sent", "_sends", "_shared_at", "_silent", "_spreading", "_steps", "_untracked",
-                 "_untracked_at", "_window_lo",
+                 "_ring_sent", "_rises", "_sends", "_shared_at", "_silent", "_spreading", "_steps",
+                 "_untracked", "_untracked_at", "_window_lo",
                  "documented_window_s", "in_flight", "last_send_at", "margin_calls", "max_age_s",
                  "max_in_flight", "pct", "reflected_at", "reported_at", "window_s")
 
@@ -111,6 +114,7 @@ class ScopeBudget:
         self._changed = 0  # calls answered since the reported percentage last changed
         self._cost: float | None = None  # percent per call
         self._steps: collections.deque[float] = collections.deque(maxlen=COST_STEPS)
+        self._rises: collections.deque[tuple[int, int]] = collections.deque(maxlen=COST_STEPS)  # (%, calls)
         # Our send times, oldest first (see `sent` for which are kept); the first `_aged_n` of them are known
         # (from falls) to have aged out of the window.
         self._sends: collections.deque[float] = collections.deque()
@@ -430,10 +434,9 @@ class ScopeBudget:
                 # repeats too, 3 calls late, 5 % read as 1.7 %: 54 calls left of 20, and an account's first
                 # burst went on up to its in-flight cap; issue 9).
                 calls = min(calls, self._base_calls)
-            self._steps.append((pct - previous) / calls)
-            self._cost = sorted(self._steps)[len(self._steps) // 2]
+            cost = self._rose(pct - previous, calls)
             self._changed = self._pruned = 0
-            if self._cost < 100.0 / SEND_HISTORY:  # a large budget: its send times are no longer kept
+            if cost < 100.0 / SEND_HISTORY:  # a large budget: its send times are no longer kept
                 self._forget_sends()
         elif pct < previous:
             self._fell(previous - pct, self._pruned)
@@ -449,6 +452,19 @@ class ScopeBudget:
                 most, least = self._outside_calls(pct, count)
                 self._outside = float(most)
                 self._seen_not_ours(least)
+
+    def _rose(self, rise: int, calls: int) -> float:
+        """The percentage rose by `rise` over `calls` calls: the cost estimate (see the module docstring)."""
+        self._steps.append(rise / calls)
+        self._rises.append((rise, calls))
+        median = sorted(self._steps)[len(self._steps) // 2]
+        # The average bounds the median from below: the rounding of integer reports cancels out in it. Only
+        # the rises within one percent of the median are averaged: a cost between whole percents shows as its
+        # two neighbours, while an outlier (a re-sent request counted twice, a burst of usage not ours) would
+        # lift the average, read the budget low and stall the scope until the window rolls (d50c8ab).
+        near = [(r, n) for r, n in self._rises if abs(r / n - median) <= 1.0]
+        cost = self._cost = max(median, sum(r for r, _ in near) / sum(n for _, n in near))
+        return cost
 
     def _reflect(self, count: int) -> None:
         """`reflected_at` and `_reflected_late` of the newest report (`count` reports before it)."""

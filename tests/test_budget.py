@@ -267,6 +267,32 @@ def test_never_overrun_at_the_accounts_fan_out(budget_calls: int, window_s: floa
     assert outcome.overruns == 0
 
 
+@pytest.mark.parametrize(("budget_calls", "window_s"), [(30, 10.0), (30, 30.0), (70, 10.0)])
+@pytest.mark.parametrize("profile_first", [False, True])
+def test_a_cost_between_whole_percents_is_not_read_low(budget_calls: int, window_s: float,
+                                                       profile_first: bool) -> None:
+    """30 calls: 3.33 % a call, reported as rises of 3, 3, 4 ...; their upper median (3 %) alone read the
+    budget as 33 calls and the fan-out of 16 ran 23 calls into a full window (e4f7e29). The average rise
+    over the same steps (10 % over 3 calls) bounds the cost from below."""
+    outcome = drive(budget_calls, window_s, int(budget_calls * 2.6), concurrency=16,
+                    profile_first=profile_first)
+    assert outcome.overruns == 0
+
+
+def test_an_outlying_rise_does_not_lift_the_cost() -> None:
+    """A request the transport re-sent unseen counts twice: one rise of 10 % for one call among rises of 5 %.
+    Averaged in, it read 20 calls as 16 and stalled on-time scopes until a report aged out (d50c8ab); only
+    rises within one percent of the median are averaged (3 % and 4 % for a cost of 3.33 %)."""
+    scope = fresh()
+    for at, pct in enumerate((0, 5, 10, 15, 25)):
+        call(scope, pct, at * 0.1)
+    assert scope.cost_pct == 5.0 and scope.budget_calls() == 20.0
+    between = fresh()
+    for at, pct in enumerate((0, 3, 6, 10, 13)):
+        call(between, pct, at * 0.1)
+    assert between.cost_pct == pytest.approx(13 / 4)
+
+
 @pytest.mark.parametrize(("calls", "lag", "at_most_s"), [
     (51, 0, 25.0),  # two windows (20 s), the first roll found by probes 2, 4 and 8 s apart (main: 29.8 s)
     (200, 0, 110.0),  # nine windows (90 s), the first found late, the next at the window's bounds (150.7 s)
