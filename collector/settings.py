@@ -28,7 +28,7 @@ class GraphSettings:
     facebook_base_url: str = "https://graph.facebook.com"
     request_timeout_s: float = 30.0
     # Requests in flight at once over the whole process; also the aiohttp connector limit.
-    max_concurrency: int = 200
+    max_concurrency: int = 400
 
     def base_url(self, login: models.Login) -> str:
         return self.instagram_base_url if login == "instagram" else self.facebook_base_url

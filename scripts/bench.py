@@ -1,6 +1,6 @@
 """End-to-end speed of one collection pass, against a bare aiohttp loop replaying the same requests.
 
-    .venv/bin/python scripts/bench.py [--accounts 300] [--media 50] [--latency-ms 50] [--concurrency 200]
+    .venv/bin/python scripts/bench.py [--accounts 300] [--media 50] [--latency-ms 50] [--concurrency 400]
     .venv/bin/python scripts/bench.py --scale 1000,3000,10000 --media 50    # peak RSS as N grows
     .venv/bin/python scripts/bench.py --small-agency    # `ig-collector once` spawn to exit, beside the replay
 
@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_common  # noqa: E402
+
+from collector import settings  # noqa: E402  (the shipped defaults the flags start from)
 
 LOCAL_DSN = "postgresql://root@127.0.0.1:5432/test"
 SIM_CPU, CLIENT_CPU = 0, 1
@@ -183,11 +185,15 @@ def drop_database(dsn: str, name: str) -> None:
 
 
 # Flags that are collector settings: (flag attribute, section, key, shipped default).
-SETTING_FLAGS = (("concurrency", "graph", "max_concurrency", 200),
-                 ("max_accounts", "collect", "max_concurrent_accounts", 100),
-                 ("media_concurrency", "collect", "media_concurrency_per_account", 8),
-                 ("days", "collect", "account_backfill_days", 30),
-                 ("log_level", "log", "level", "info"))
+_SHIPPED = {"graph": settings.GraphSettings(), "collect": settings.CollectSettings(),
+            "log": settings.LogSettings()}
+SETTING_FLAGS = tuple((flag, section, key, getattr(_SHIPPED[section], key)) for flag, section, key in (
+    ("concurrency", "graph", "max_concurrency"),
+    ("max_accounts", "collect", "max_concurrent_accounts"),
+    ("media_concurrency", "collect", "media_concurrency_per_account"),
+    ("days", "collect", "account_backfill_days"),
+    ("log_level", "log", "level")))
+SHIPPED = {flag: default for flag, _, _, default in SETTING_FLAGS}
 
 
 def non_default(args: argparse.Namespace) -> dict[str, Any]:
@@ -627,16 +633,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--media", type=int, default=50, help="media per account")
     p.add_argument("--latency-ms", type=float, default=50.0)
     p.add_argument("--jitter", type=float, default=0.5, help="± fraction of --latency-ms")
-    p.add_argument("--concurrency", type=int, default=200, help="[graph] max_concurrency and baseline tasks")
-    p.add_argument("--max-accounts", type=int, default=100, help="[collect] max_concurrent_accounts")
-    p.add_argument("--media-concurrency", type=int, default=8, help="[collect] media_concurrency_per_account")
-    p.add_argument("--days", type=int, default=30, help="[collect] account_backfill_days")
+    p.add_argument("--concurrency", type=int, default=SHIPPED["concurrency"],
+                   help="[graph] max_concurrency and baseline tasks (default: the shipped %(default)s)")
+    p.add_argument("--max-accounts", type=int, default=SHIPPED["max_accounts"],
+                   help="[collect] max_concurrent_accounts (default: the shipped %(default)s)")
+    p.add_argument("--media-concurrency", type=int, default=SHIPPED["media_concurrency"],
+                   help="[collect] media_concurrency_per_account (default: the shipped %(default)s)")
+    p.add_argument("--days", type=int, default=SHIPPED["days"],
+                   help="[collect] account_backfill_days (default: the shipped %(default)s)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--dsn", help="PostgreSQL server to create the scratch database on")
     p.add_argument("--keep-db", action="store_true")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--no-uvloop", action="store_true", help="collector and baseline on the asyncio loop")
-    p.add_argument("--log-level", default="info", help="the collector's [log] level (default info)")
+    p.add_argument("--log-level", default=SHIPPED["log_level"],
+                   help="the collector's [log] level (default: the shipped %(default)s)")
     p.add_argument("--small-agency", action="store_true",
                    help="40 accounts x 25 media, 50 ± 10 ms, 7 days: `ig-collector once` spawn to exit")
     p.add_argument("--repeat", type=int, default=1,
