@@ -87,8 +87,8 @@ class ScopeBudget:
                  "_fallback", "_fallback_at", "_fallen", "_following", "_lead", "_lead_exact", "_outside",
                  "_probe_free", "_probe_s", "_probe_sent_at",
                  "_pruned", "_reflected_late", "_report_sent_at", "_reports", "_ring", "_ring_flying",
-                 "_ring_sent", "_rises", "_sends", "_shared_at", "_silent", "_spreading", "_steps",
-                 "_untracked", "_untracked_at", "_window_lo",
+                 "_ring_sent", "_rises", "_sends", "_shared_at", "_silent", "_spreading", "_untracked",
+                 "_untracked_at", "_window_lo",
                  "documented_window_s", "in_flight", "last_send_at", "margin_calls", "max_age_s",
                  "max_in_flight", "pct", "reflected_at", "reported_at", "window_s")
 
@@ -113,8 +113,8 @@ class ScopeBudget:
         self._window_lo = 0.0  # lower bound: a call of ours the reports still counted was that old
         self._changed = 0  # calls answered since the reported percentage last changed
         self._cost: float | None = None  # percent per call
-        self._steps: collections.deque[float] = collections.deque(maxlen=COST_STEPS)
-        self._rises: collections.deque[tuple[int, int]] = collections.deque(maxlen=COST_STEPS)  # (%, calls)
+        # The last `COST_STEPS` rises of the percentage: (percent risen, calls answered meanwhile).
+        self._rises: collections.deque[tuple[int, int]] = collections.deque(maxlen=COST_STEPS)
         # Our send times, oldest first (see `sent` for which are kept); the first `_aged_n` of them are known
         # (from falls) to have aged out of the window.
         self._sends: collections.deque[float] = collections.deque()
@@ -225,10 +225,16 @@ class ScopeBudget:
         percent (the last `COST_STEPS` rises equal): where it does not (a budget of 30 calls: 3 or 4 % a
         call), the window's bounds read from lagging reports are too rough for the calls a faster first roll
         lets go (measured on the model in tests/test_budget.py); the probes there stay single, as before."""
-        steps = self._steps
-        if not self._lead or len(steps) < COST_STEPS or steps[0] < 1.0 or min(steps) != max(steps):
+        if not self._lead or len(self._rises) < COST_STEPS:
+            return 1
+        steps = self._steps()
+        if steps[0] < 1.0 or min(steps) != max(steps):
             return 1
         return 1 + self._lead
+
+    def _steps(self) -> list[float]:
+        """The last `COST_STEPS` rises, each as percent per call, oldest first."""
+        return [rise / calls for rise, calls in self._rises]
 
     def reserve_calls(self) -> int:
         budget = self.budget_calls()
@@ -443,26 +449,30 @@ class ScopeBudget:
             self._changed = self._pruned = 0
         else:
             self._changed += 1
-        steps = self._steps
         # Exact reports need a settled cost (the first rises can mislead: a lag spreads one over several
         # calls); large budgets have neither.
-        if self._cost is not None and self._cost >= 1.0 and len(steps) >= 2 and steps[-1] == steps[-2]:
+        if self._cost is not None and self._cost >= 1.0 and len(self._rises) >= 2 and self._settled():
             self._counted(pct, count)
             if self.window_s is not None:
                 most, least = self._outside_calls(pct, count)
                 self._outside = float(most)
                 self._seen_not_ours(least)
 
+    def _settled(self) -> bool:
+        """Whether the last two rises (at least two) cost the same per call."""
+        (rise, calls), (last_rise, last_calls) = self._rises[-2], self._rises[-1]
+        return last_rise / last_calls == rise / calls
+
     def _rose(self, rise: int, calls: int) -> float:
         """The percentage rose by `rise` over `calls` calls: the cost estimate (see the module docstring)."""
-        self._steps.append(rise / calls)
         self._rises.append((rise, calls))
-        median = sorted(self._steps)[len(self._steps) // 2]
+        steps = self._steps()
+        median = sorted(steps)[len(steps) // 2]
         # The average bounds the median from below: the rounding of integer reports cancels out in it. Only
         # the rises within one percent of the median are averaged: a cost between whole percents shows as its
         # two neighbours, while an outlier (a re-sent request counted twice, a burst of usage not ours) would
         # lift the average, read the budget low and stall the scope until the window rolls (d50c8ab).
-        near = [(r, n) for r, n in self._rises if abs(r / n - median) <= 1.0]
+        near = [rose for rose, step in zip(self._rises, steps, strict=True) if abs(step - median) <= 1.0]
         cost = self._cost = max(median, sum(r for r, _ in near) / sum(n for _, n in near))
         return cost
 
