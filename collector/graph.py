@@ -173,6 +173,11 @@ class GraphClient:
         self._abandoned: set[asyncio.Task[Any]] = set()  # calls cancelled by the stop (not by anyone else)
         self._stop_watch: asyncio.Task[None] | None = None
 
+    @property
+    def throttle(self) -> ratelimit.Throttle:
+        """The pauses, pacing and usage budgets of this client's calls (read by progress and status)."""
+        return self._throttle
+
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     async def open(self) -> None:

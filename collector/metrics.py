@@ -27,6 +27,10 @@ class Metrics:
             "ig_collector_pauses", "Pauses imposed on a scope (app or account)", ["scope"], registry=r)
         self.paused_scopes = prom.Gauge(
             "ig_collector_paused_scopes", "Scopes currently paused", ["scope"], registry=r)
+        self.budget_held_scopes = prom.Gauge(
+            "ig_collector_budget_held_scopes",
+            "Scopes whose reported usage holds their calls back now (spreading what is left of the budget, "
+            "or waiting for the window to roll)", ["scope"], registry=r)
         self.graph_request_seconds = prom.Histogram(
             "ig_collector_graph_request_seconds", "Graph API request latency",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)

@@ -101,7 +101,9 @@ async def run_pass(config: settings.Config, pool: asyncpg.Pool, *, stop: asyncio
             rows_written=int(metrics.total(metrics.rows_written)),
             throttles=int(metrics.total(metrics.throttles)),
             retries=int(metrics.total(metrics.graph_retries)),
-            elapsed_s=time.monotonic() - started)
+            elapsed_s=time.monotonic() - started,
+            budget_held=client.throttle.held_count("app") + client.throttle.held_count("account"),
+            app_usage_pct=max(client.throttle.usage("app").values(), default=None))
 
     async with graph.client_for(config, metrics, stop=stop) as client, \
             storage_writer.Writer(pool, metrics=metrics) as writer:

@@ -29,6 +29,10 @@ class PassProgress:
     throttles: int
     retries: int
     elapsed_s: float
+    # Why a pass can slow down with nothing throttled: the scopes (the app and accounts) whose reported usage
+    # holds calls back now, and the highest usage Meta last reported for the app (None: none reported yet).
+    budget_held: int = 0
+    app_usage_pct: float | None = None
 
     @property
     def calls_per_s(self) -> float:
@@ -39,7 +43,14 @@ def format_line(p: PassProgress) -> str:
     """The one-line rendering used on a terminal."""
     return (f"accounts {p.accounts_done}/{p.accounts_total}  calls {p.calls} ({p.calls_per_s:.0f}/s)  "
             f"rows {p.rows_written}  throttles {p.throttles}  retries {p.retries}  "
-            f"failed {p.accounts_failed}  {_clock(p.elapsed_s)}")
+            f"failed {p.accounts_failed}  {_clock(p.elapsed_s)}{_budget(p)}")
+
+
+def _budget(p: PassProgress) -> str:
+    parts = [] if p.app_usage_pct is None else [f"app usage {p.app_usage_pct:.0f}%"]
+    if p.budget_held:
+        parts.append(f"held by budget {p.budget_held}")
+    return "  " + "  ".join(parts) if parts else ""
 
 
 def _clock(seconds: float) -> str:

@@ -275,11 +275,18 @@ class _BudgetGate:
                 self.budget.sent(now)
                 turn.set_result(None)
                 continue
+            if self._timer is not None:  # (an answer decides now, or a new time does)
+                self._timer.cancel()
+                self._timer = None
             if delay_s is not None:
-                if self._timer is not None:
-                    self._timer.cancel()
                 self._timer = asyncio.get_running_loop().call_later(max(_MIN_SLEEP_S, delay_s), self._wake)
             return
+
+    @property
+    def holding(self) -> bool:
+        """Whether the budget holds queued calls back until a time (the last calls spread out, or the window
+        awaited), as opposed to waiting for answers or for nothing."""
+        return self._timer is not None and any(not turn.done() for turn in self._queue)
 
     def _wake(self) -> None:
         self._timer = None
@@ -342,6 +349,9 @@ class Throttle:
         metrics.paused_scopes.labels(scope="app").set_function(lambda: float(self.paused_count("app")))
         metrics.paused_scopes.labels(scope="account").set_function(
             lambda: float(self.paused_count("account")))
+        metrics.budget_held_scopes.labels(scope="app").set_function(lambda: float(self.held_count("app")))
+        metrics.budget_held_scopes.labels(scope="account").set_function(
+            lambda: float(self.held_count("account")))
 
     # -- the call path -----------------------------------------------------------------------------------
 
@@ -505,6 +515,11 @@ class Throttle:
         now = self._clock()
         states = self._apps if scope == "app" else self._accounts
         return sum(1 for state in states.values() if state.paused_until > now)
+
+    def held_count(self, scope: Scope) -> int:
+        """Scopes whose usage budget holds calls back now: why a pass slows down with nothing throttled."""
+        states = self._apps if scope == "app" else self._accounts
+        return sum(1 for state in states.values() if state.budget.holding)
 
     # -- internals -----------------------------------------------------------------------------------------
 

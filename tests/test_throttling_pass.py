@@ -349,3 +349,38 @@ async def test_one_paused_account_does_not_hold_up_the_others(
     for account_id in others:  # every job of every other account completed during the hot one's pause
         assert all(states.get((account_id, job.value)) is not None for job in passes.PASS_JOBS), account_id
     assert not all(states.get((hot, job.value)) is not None for job in passes.PASS_JOBS)
+
+
+async def test_progress_shows_the_scopes_their_budget_holds_back(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """A pass that slows down with nothing throttled says why: its progress counts the scopes whose reported
+    usage holds calls back (and shows the app's usage), the gauge of /metrics too; none is left at the end."""
+    sim = await start_simulator(
+        accounts=2, media_per_account=6, seed=13, world_knobs=WORLD_KNOBS,
+        account_budget=limits.Budget(calls=20, window_s=1.0, block_s=1.0))
+    path = fixtures_sim.write_config(tmp_path, sim, db_dsn, sections={
+        "collect": {"account_backfill_days": BACKFILL_DAYS, "media_max_age_days": 90},
+        "rate_limit": {"pause_cap_s": 1.2, "usage_max_age_s": 3.0}})
+    counters = metrics.Metrics()
+    snapshots: list[pass_progress.PassProgress] = []
+    gauge_while_held: list[float] = []
+
+    def progress(snapshot: pass_progress.PassProgress) -> None:
+        snapshots.append(snapshot)
+        if snapshot.budget_held:
+            gauge_while_held.append(counters.registry.get_sample_value(
+                "ig_collector_budget_held_scopes", {"scope": "account"}) or 0.0)
+
+    summary = await passes.run_pass(config.load(path), pool, stop=asyncio.Event(), metrics=counters,
+                                    on_progress=progress, progress_interval_s=0.02)
+    assert summary.exit_code == 0 and summary.jobs_failed == 0, summary.as_dict()
+    assert sim.stats.snapshot()["throttled_total"] == 0
+    held = [s for s in snapshots if s.budget_held]
+    assert held, snapshots  # each account needs more calls than its 20 per second: its budget held some back
+    assert all(0 < s.budget_held <= 2 for s in held)
+    assert any(value >= 1 for value in gauge_while_held)
+    assert snapshots[-1].budget_held == 0
+    assert snapshots[-1].app_usage_pct is not None
+    assert "held by budget" in pass_progress.format_line(held[0])
+    assert b'ig_collector_budget_held_scopes{scope="account"} 0.0' in counters.exposition()
