@@ -19,11 +19,9 @@ import argparse
 import asyncio
 import atexit
 import contextlib
-import importlib
 import os
 import signal
 import sys
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -279,8 +277,8 @@ def cmd_once(args: argparse.Namespace) -> int:
         display = progress.ProgressDisplay(log_interval_s=args.progress_interval_s)
         async with await db.open_database(cfg.database, state_dir=cfg.state_dir) as database:
             await _migrate(database)
-            # Imported once the database is open: meanwhile the prefetch thread has been importing aiohttp
-            # (`_prefetch_http_client`), which this import would otherwise wait for.
+            # Imported once the database is verified: a database that is down or not migrated exits 3
+            # without importing aiohttp and the pass.
             from collector import passes  # noqa: PLC0415
 
             try:
@@ -534,9 +532,6 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
 }
 _WITH_CONFIG = ("once", "run", "migrate", "check-config", "status", "discover", "token", "prune", "db-size")
 _WITH_LOOP = ("once", "run", "migrate", "status", "demo", "discover", "token", "prune", "db-size")
-# Commands that call Meta: their HTTP client (aiohttp) is imported in a thread while the main thread parses,
-# loads the config and opens the database (`_prefetch_http_client`).
-_CALLING_META = ("once", "run", "discover", "token", "check-config")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -636,21 +631,6 @@ def _add_simulator_arguments(p: argparse.ArgumentParser, *, load: bool) -> None:
     simulator_cli.add_arguments(p)
 
 
-def _prefetch_http_client() -> None:
-    """Import aiohttp in a daemon thread. Its import is the slowest of a pass's start (~0.2 s here), and
-    half of it is two TLS contexts loading the system's CA certificates, which OpenSSL does without the GIL:
-    in a thread it overlaps the parsing, the config, the database connection. The main thread's own
-    `import aiohttp` later waits for this one (the import system's per-module lock) and gets the module, or
-    raises the import error itself if the thread's import failed. Safe to run beside the main thread's
-    imports: aiohttp imports nothing of ours, so no import cycle can form between the two threads."""
-    threading.Thread(target=_import_quietly, args=("aiohttp",), name="prefetch-aiohttp", daemon=True).start()
-
-
-def _import_quietly(module: str) -> None:
-    with contextlib.suppress(Exception):  # the main thread's import raises it, where it is handled
-        importlib.import_module(module)
-
-
 def console_main() -> NoReturn:
     """The `ig-collector` console script and `python -m collector`: `main()`, then a fast exit."""
     fast_exit(main())
@@ -676,8 +656,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in _COMMANDS), None)
     args = build_parser(command).parse_args(argv)  # usage errors exit 2 here
-    if command in _CALLING_META:  # after parsing: --help and usage errors exit without starting a thread
-        _prefetch_http_client()
     logs.configure(level=args.log_level or "info", json=args.log_json)
     handler: Handler = args.handler
     try:
