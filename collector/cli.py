@@ -275,12 +275,18 @@ def cmd_once(args: argparse.Namespace) -> int:
         from collector.storage import db  # noqa: PLC0415
 
         display = progress.ProgressDisplay(log_interval_s=args.progress_interval_s)
-        async with await db.open_database(cfg.database, state_dir=cfg.state_dir) as database:
-            await _migrate(database)
-            # Imported once the database is verified: a database that is down or not migrated exits 3
-            # without importing aiohttp and the pass.
+        # The database is opened first and the pass's modules imported while the server sets the connection
+        # up (a backend process to start; the embedded server to find or start, in a thread); the pass
+        # starts only once the database is open and its migrations verified.
+        opening = asyncio.ensure_future(db.open_database(cfg.database, state_dir=cfg.state_dir))
+        await asyncio.sleep(0)  # the connection attempt leaves
+        try:
             from collector import passes  # noqa: PLC0415
-
+        except BaseException:
+            await _abandon(opening)
+            raise
+        async with await opening as database:
+            await _migrate(database)
             try:
                 summary = await passes.run_pass(
                     cfg, database.pool, stop=signals.stop, metrics=metrics.Metrics(),
@@ -291,6 +297,14 @@ def cmd_once(args: argparse.Namespace) -> int:
         return int(summary.exit_code)
 
     return run_async(main, use_uvloop=not args.no_uvloop)
+
+
+async def _abandon(opening: asyncio.Future[db.Database]) -> None:
+    """Stop opening the database, or close it if it opened: the command failed meanwhile (its own error is
+    the one reported)."""
+    opening.cancel()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await (await opening).close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
