@@ -272,7 +272,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
     async def main(signals: Signals) -> int:
-        from collector.storage import db  # noqa: PLC0415
+        with eventloop.start_up():
+            from collector.storage import db  # noqa: PLC0415
 
         display = progress.ProgressDisplay(log_interval_s=args.progress_interval_s)
         # The database is opened first and the pass's modules imported while the server sets the connection
@@ -281,7 +282,8 @@ def cmd_once(args: argparse.Namespace) -> int:
         opening = asyncio.ensure_future(db.open_database(cfg.database, state_dir=cfg.state_dir))
         await asyncio.sleep(0)  # the connection attempt leaves
         try:
-            from collector import passes  # noqa: PLC0415
+            with eventloop.start_up():
+                from collector import passes  # noqa: PLC0415
         except BaseException:
             await _abandon(opening)
             raise
@@ -646,7 +648,8 @@ def _add_simulator_arguments(p: argparse.ArgumentParser, *, load: bool) -> None:
 
 
 def console_main() -> NoReturn:
-    """The `ig-collector` console script and `python -m collector`: `main()`, then a fast exit."""
+    """The `ig-collector` console script and `python -m collector` (through collector/__main__.py): `main()`,
+    then a fast exit."""
     fast_exit(main())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -252,3 +253,42 @@ def test_command_loops_collect_garbage_less_often_and_freeze_start_up() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           timeout=60)
     assert done.stdout.split() == [str(eventloop.GC_FIRST_GENERATION_THRESHOLD), "True"]
+
+
+def test_start_up_imports_collect_no_garbage_and_are_frozen() -> None:
+    # `ig-collector` and `python -m collector` import the command line inside eventloop.start_up: no cyclic
+    # collection during the imports (they made ~50 at CPython's default threshold, for nothing), then the
+    # runner's tuning (threshold raised, start-up frozen) and the collector enabled again.
+    code = ("import gc, sys\n"
+            "class Spy:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'collector.cli':\n"
+            "            print('enabled while importing', gc.isenabled(), flush=True)\n"
+            "sys.meta_path.insert(0, Spy())\n"
+            "sys.argv = ['ig-collector', '--version']\n"
+            "from collector.__main__ import main\n"
+            "before = gc.get_stats()[0]['collections']\n"
+            "try:\n"
+            "    main()\n"
+            "finally:\n"
+            "    print('after', gc.isenabled(), gc.get_threshold()[0], gc.get_freeze_count() > 1000,\n"
+            "          gc.get_stats()[0]['collections'] - before)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=60)
+    threshold = eventloop.GC_FIRST_GENERATION_THRESHOLD
+    assert done.stdout.splitlines() == ["enabled while importing False", "ig-collector 0.1.0",
+                                        f"after True {threshold} True 0"]
+
+
+def test_start_up_restores_a_disabled_collector_and_survives_errors() -> None:
+    gc.disable()
+    try:
+        with pytest.raises(ZeroDivisionError), eventloop.start_up():
+            assert not gc.isenabled()
+            1 / 0  # noqa: B018
+        assert not gc.isenabled()  # it was disabled before: left so
+    finally:
+        gc.enable()
+    with eventloop.start_up():
+        assert not gc.isenabled()
+    assert gc.isenabled()
