@@ -40,13 +40,14 @@ possibly a few calls late. It never says how large the budget is, nor how long i
   2 s, 4 s, 8 s ... apart, each asking whether the window rolled — but never further apart than the refill
   rate of the window Meta documents for the scope (`documented_window_s`: 1 h for the app, 24 h for an
   account's BUC budget), so a large budget with a long window (80 % of 8,000 calls an hour) is spent at its
-  refill rate instead of crawling at one probe a minute. With nothing to spare, one call after
-  `max_age_s` (assuming the window is no longer), then one at a time until a report describes a state
-  after that call (a report 3 calls late needs 3 more). Where the reports lag (counted: each call the same
-  whole percent), a probe's report shows the state of the probe `_lead` probes earlier: the last probe the
-  free calls pay for is followed at once by `_lead` calls, one at a time, so its own state is seen without
-  waiting for probes the reserve cannot pay for; the reserve holds at least `RESERVE_MIN_CALLS` probes with
-  their followers.
+  refill rate instead of crawling at one probe a minute. With nothing to spare, one call once enough
+  of our sends are `max_age_s` old for it and the calls that bring its report to fit (assuming the window is
+  no longer: the oldest sends count, not the last one; a first burst ages out long before the last probe),
+  then one at a time until a report describes a state after that call (a report 3 calls late needs 3
+  more). Where the reports lag (counted: each call the same whole percent), a probe's report shows the
+  state of the probe `_lead` probes earlier: the last probe the free calls pay for is followed at once by
+  `_lead` calls, one at a time, so its own state is seen without waiting for probes the reserve cannot pay
+  for; the reserve holds at least `RESERVE_MIN_CALLS` probes with their followers.
 - **no report, or reports that stopped**: with no report yet, or the last one older than `max_age_s`, or no
   rise seen yet (cost unknown), calls leave at once; the caller bounds them (an account's own fan-out).
 
@@ -301,11 +302,19 @@ class ScopeBudget:
             at = self.last_send_at + self.window_s
         else:  # nothing to spare, the window unknown: assume it is shorter than max_age_s
             self._fallback = True
-            at = self.last_send_at + self.max_age_s
+            at = self._aged_room_at(left) + self.max_age_s
             fallback_at = self._fallback_at
             if fallback_at is not None and self.reflected_at < fallback_at and self._room_after_max_age(now):
                 at = now  # the reports describe a time before the last fallback call: one more, as it did
         return max(0.0, at - now)
+
+    def _aged_room_at(self, left: int) -> float:
+        """When the oldest of our sends that must leave the window for a probe (with its followers) to fit
+        were sent; the last send when their times were not kept."""
+        sends, need = self._sends, self._probe_calls() - (left - self._margin())
+        if self._untracked or need <= 0 or need > len(sends):
+            return self.last_send_at
+        return sends[need - 1]
 
     def _room_after_max_age(self, now: float) -> bool:
         """Whether one more call fits if every send older than `max_age_s` left the window."""

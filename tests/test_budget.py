@@ -483,7 +483,7 @@ def test_on_time_reports_keep_single_probes() -> None:
 @pytest.mark.parametrize(("budget_calls", "calls", "lag", "at_most_s"), [
     (20, 51, 1, 30.0),  # the first roll seen at 14.1 s (main: 30.1 s; the pass 42.3 s), the pass 25.6 s
     (25, 80, 2, 60.0),  # 52.6 s (main: 96.4 s)
-    (20, 51, 3, 115.0),  # 110.1 s (main: 145.3 s): the reserve pays for one probe, at 2 s, then the fallback
+    (20, 51, 3, 115.0),  # 106.3 s (main: 145.3 s): the reserve pays for one probe, at 2 s, then the fallback
 ])
 def test_pacing_with_lagging_reports_and_a_fan_out_of_12(budget_calls: int, calls: int, lag: int,
                                                           at_most_s: float) -> None:
@@ -492,3 +492,16 @@ def test_pacing_with_lagging_reports_and_a_fan_out_of_12(budget_calls: int, call
     outcome = drive(budget_calls, 10.0, calls, lag=lag, concurrency=12)
     assert outcome.overruns == 0
     assert outcome.done_at <= at_most_s
+
+
+def test_with_nothing_to_spare_the_fallback_waits_for_the_oldest_sends_to_age() -> None:
+    """20 calls per rolling 10 s, reports 3 calls late, a fan-out of 12: the first burst and the reserve's
+    probes spend the window by 2.2 s, and nothing is left to see the roll with (four calls, with the lag).
+    One call then leaves on the assumption that the window is at most `max_age_s` (60 s) long. The sends
+    that make room for it and its followers under that assumption are the first burst's, at 0 s: it leaves
+    at 60 s, not 60 s after the last probe (62.2 s before; the pass 110.1 s, now 106.3 s)."""
+    outcome = drive(20, 10.0, 51, lag=3, concurrency=12)
+    assert outcome.overruns == 0
+    sends = outcome.sends
+    resumed = next(later for sent, later in itertools.pairwise(sends) if later - sent > 20.0)
+    assert resumed == pytest.approx(sends[0] + 60.0, abs=0.01)
