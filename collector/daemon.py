@@ -794,6 +794,11 @@ class _WebSource:
         return 0 if throttle is None or scope not in ("app", "account") else throttle.paused_count(
             "app" if scope == "app" else "account")
 
+    def held(self, scope: str) -> int:
+        throttle = self._daemon._throttle
+        return 0 if throttle is None or scope not in ("app", "account") else throttle.held_count(
+            "app" if scope == "app" else "account")
+
     def token_expiry_days(self, account: models.Account, now: datetime) -> float | None:
         return self._daemon._tokens.expiry_days(account, now)
 

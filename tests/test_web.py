@@ -149,6 +149,17 @@ async def test_pages_carry_a_strict_csp_and_no_script(web: Web) -> None:
         assert all(u.startswith("/") for u in re.findall(r'<link [^>]*href="([^"]*)"', html)), path
 
 
+async def test_budget_panel_says_how_pacing_works_as_configured(web: Web) -> None:
+    # The daemon has settled (every job ran, day-long intervals): no scope's budget holds calls back, and with
+    # no per-second ceiling (this config, as shipped) slow_down_at_pct lowers nothing, so it is not claimed.
+    status, html, _ = await web.get("/")
+    assert status == 200
+    assert '<span id="held-app">0</span> app, <span id="held-account">0</span> account scope(s)' in html
+    assert "ceilings are lowered" not in html and "pacing slows" not in html
+    _, exposition, _ = await web.get("/metrics")
+    assert 'ig_collector_budget_held_scopes{scope="account"} 0.0' in exposition
+
+
 async def test_bad_requests_and_unknown_accounts(web: Web) -> None:
     assert (await web.get("/accounts?sort=password"))[0] == 400
     assert (await web.get("/accounts?limit=100000"))[0] == 400

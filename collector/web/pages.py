@@ -53,6 +53,11 @@ class Source(Protocol):
         """How many scopes are paused now."""
         ...
 
+    def held(self, scope: str) -> int:
+        """How many scopes their usage budget holds calls back now (spreading its last calls, or waiting for
+        its window to roll)."""
+        ...
+
     def token_expiry_days(self, account: models.Account, now: datetime) -> float | None: ...
 
     def token_error(self, ig_user_id: str) -> str | None:
@@ -161,7 +166,10 @@ async def overview(source: Source, calls: series.CounterSeries, now: datetime) -
         "app_usage": sorted(source.usage("app").items()),
         "busiest": [(i, names.get(i), pct) for pct, i in busiest],
         "paused": {"app": source.paused("app"), "account": source.paused("account")},
+        "held": {"app": source.held("app"), "account": source.held("account")},
         "slow_down_at_pct": cfg.rate_limit.slow_down_at_pct,
+        # slow_down_at_pct lowers the per-second ceilings only: with none set (the default) it does nothing.
+        "ceilings": cfg.rate_limit.app_calls_per_s > 0 or cfg.rate_limit.account_calls_per_s > 0,
         "tokens": [(i, names.get(i), days, text(source.token_error(i))) for days, i in soonest],
         "unknown_tokens": unknown_tokens,
         "errors": [{**dict(r.items()), "last_error": text(r["last_error"])} for r in errors],
