@@ -76,6 +76,9 @@ class BenchSource:
     def paused(self, scope: str) -> int:
         return 0
 
+    def held(self, scope: str) -> int:
+        return 0
+
     def token_expiry_days(self, account: models.Account, now: datetime) -> float | None:
         return None
 
