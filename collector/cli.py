@@ -512,7 +512,9 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "check-config": (cmd_check_config, "validate the config and print a short summary",
                      "Load and validate the config and its accounts file; print the number of accounts by "
                      "login and the database target (password masked). Tokens are never printed. Exit 2 "
-                     "with a message naming the file and key or line when something is wrong."),
+                     "with a message naming the file and key or line when something is wrong. With [app] "
+                     "app_id and app_secret, also check the Facebook tokens with debug_token and exit 1 when "
+                     "one has a problem (--no-token-check skips this)."),
     "simulate": (cmd_simulate, "serve a fake Graph API for tests and demos",
                  "Serve a deterministic fake of Meta's Graph API (both hosts' path shapes, paging, metric "
                  "rules, error bodies, usage headers) over HTTP until interrupted."),
@@ -556,15 +558,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("logging")
     group.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"),
-                       help="log level (default: [log] level of the config, else info)")
+                       help="log level (default: [log] level of the config, else info; demo: warning)")
     group.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                       help="JSON log lines on stderr (default: JSON unless stderr is a terminal)")
+                       help="JSON log lines on stderr (default: [log] json of the config, else JSON unless "
+                            "stderr is a terminal)")
 
     parser = argparse.ArgumentParser(
         prog="ig-collector",
         description="Collect Instagram account and media insights from Meta's Graph API into PostgreSQL.",
-        epilog="Exit codes: 0 ok, 1 some accounts failed, 2 config/usage error, 3 fatal, "
-               "130/143 interrupted by SIGINT/SIGTERM. Run 'ig-collector <command> --help' for details.",
+        epilog="Exit codes: 0 ok, 1 some accounts failed (check-config: a token problem; discover: a "
+               "discovery failed; token: Meta refused), 2 config/usage error, 3 fatal, 130/143 interrupted "
+               "by SIGINT/SIGTERM (run: 0 after draining). Run 'ig-collector <command> --help' for details.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)

@@ -2,7 +2,7 @@
 
 This is the one boundary where tomllib, csv and file-system errors are translated into `ConfigError`.
 Every problem names where it is: ``config.toml: [graph] request_timeout_s: expected a number, got string
-"30"`` or ``accounts.csv: line 12: ...``. Config keys are the field names of the `settings` dataclasses, so a
+'30'`` or ``accounts.csv: line 12: ...``. Config keys are the field names of the `settings` dataclasses, so a
 new setting needs no loader change; only values with structure (secrets, metric tables, media tiers) are
 handled by name. Relative paths resolve against the config file's folder, never the working directory, so a
 systemd unit and an operator's shell read the same files.
