@@ -198,11 +198,16 @@ def _env_of(result: Any, found: Any) -> str:
 def cmd_token(args: argparse.Namespace) -> int:
     """`token exchange`: a short-lived token (stdin, or --token-env/--token-file; never argv) for a
     long-lived one, printed once to stdout."""
+    from collector import token_tools  # noqa: PLC0415
+
     cfg = _load(args, require_accounts=False)
+    problem = token_tools.exchange_settings_problem(cfg.app, args.login)
+    if problem is not None:  # before the token is read: nobody pastes one for nothing
+        raise exceptions.ConfigError(problem, source=str(cfg.source))
     short = _read_short_token(args)
 
     async def main(signals: Signals) -> int:
-        from collector import graph, token_tools  # noqa: PLC0415
+        from collector import graph  # noqa: PLC0415
 
         async with graph.client_for(cfg, metrics.Metrics()) as client:
             exchanged = await token_tools.exchange(client, cfg.app, args.login, short)

@@ -94,7 +94,12 @@ def summary(config: settings.Config) -> list[str]:
     logins = ", ".join(f"{login} {n}" for login, n in by_login.items())
     origins = ", ".join(f"{n} from {origin}" for origin, n in by_origin.items())
     hook = config.webhook
-    webhook = "off" if hook is None else f"{hook.path} on {hook.listen or 'the [http] listener'}"
+    if hook is None:
+        webhook = "off"
+    elif hook.listen or config.http.listen:
+        webhook = f"{hook.path} on {hook.listen or 'the [http] listener'}"
+    else:  # the daemon warns `webhook_not_served` and serves none
+        webhook = "not served (neither [webhook] listen nor [http] listen is set)"
     collect = config.collect
     return [
         f"config: {config.source}",
@@ -116,8 +121,18 @@ def _toml_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+# A value shaped like a secret: a long run of token characters mixing letters and digits. A token pasted into
+# the wrong CSV column or key must not be echoed by the error that says the value is wrong (registered
+# secrets and Meta's token shapes are masked anyway; this catches any other token).
+_SECRET_SHAPED = re.compile(r"(?=[A-Za-z_\-]*[0-9])(?=[0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{12,}")
+
+
 def _shown(value: object) -> str:
-    text = repr(value)
+    """`value` as an error message quotes it: its repr, shortened; a string shaped like a secret only by its
+    length."""
+    if isinstance(value, str) and _SECRET_SHAPED.fullmatch(value.strip()):
+        return f"<{len(value)} characters, not shown: it looks like a token>"
+    text = redaction.redact(repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -48,14 +48,23 @@ class Exchanged:
     expires_in_s: float | None
 
 
+def exchange_settings_problem(app: settings.AppSettings, login: models.Login) -> str | None:
+    """What the [app] settings lack to exchange a `login` token (None: nothing)."""
+    if app.app_secret is None or (login == "facebook" and not app.app_id):
+        needed = "app_id and app_secret" if login == "facebook" else "app_secret"
+        article = "an" if login[0] in "aeiou" else "a"
+        return f"[app] {needed} must be set to exchange {article} {login} token"
+    return None
+
+
 async def exchange(client: graph.GraphClient, app: settings.AppSettings, login: models.Login,
                    short_lived: models.Secret) -> Exchanged:
     """A long-lived token for `short_lived`. Raises ConfigError without the [app] settings it needs, and
     the GraphError Meta answers with."""
+    problem = exchange_settings_problem(app, login)
+    if problem is not None or app.app_secret is None:
+        raise exceptions.ConfigError(problem or "[app] app_secret is not set")
     secret = app.app_secret
-    if secret is None or (login == "facebook" and not app.app_id):
-        needed = "app_id and app_secret" if login == "facebook" else "app_secret"
-        raise exceptions.ConfigError(f"[app] {needed} must be configured to exchange a {login} token")
     redaction.register_secret(short_lived.reveal())
     if login == "facebook":
         body = await client.get_with_token(

@@ -78,6 +78,28 @@ def test_check_config_ok_prints_summary_without_tokens(tmp_path: Path) -> None:
     assert TOKEN not in result.stdout + result.stderr
 
 
+def test_check_config_says_when_a_webhook_is_not_served(tmp_path: Path) -> None:
+    hook = '[webhook]\nverify_token = "verify-0123456"\napp_secret = "0123456789abcdef"\n'
+    result = run("check-config", "-c", str(write_config(tmp_path, hook)))
+    assert result.returncode == 0, result.stderr
+    assert "webhook: not served (neither [webhook] listen nor [http] listen is set)" in result.stdout
+    served = write_config(tmp_path, '[http]\nlisten = "127.0.0.1:9464"\n' + hook)
+    result = run("check-config", "-c", str(served))
+    assert "webhook: /webhooks/instagram on the [http] listener" in result.stdout, result.stderr
+
+
+def test_token_exchange_without_the_app_settings_names_the_config_before_reading_a_token(
+        tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    for login, needed in (("instagram", "app_secret must be set to exchange an instagram token"),
+                          ("facebook", "app_id and app_secret must be set to exchange a facebook token")):
+        # The short-lived token's variable is not set: had it been read first, that would be the error.
+        result = run("token", "exchange", "--login", login, "-c", str(path), "--token-env", "IG_UNSET_SHORT")
+        assert result.returncode == 2
+        assert f"{path}: [app] {needed}" in result.stderr
+        assert "IG_UNSET_SHORT" not in result.stderr
+
+
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     result = run("check-config", env={cli.CONFIG_ENV: str(write_config(tmp_path))})
     assert result.returncode == 0, result.stderr

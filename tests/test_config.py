@@ -312,3 +312,20 @@ def test_mask_dsn() -> None:
     assert redaction.mask_dsn("postgresql://u@h/db?password=secret&x=1") == "postgresql://u@h/db?password=***&x=1"
     assert redaction.mask_dsn("host=h password=secret dbname=x") == "host=h password=*** dbname=x"
     assert redaction.mask_dsn("postgresql://root@127.0.0.1:5432/test") == "postgresql://root@127.0.0.1:5432/test"
+
+
+@pytest.mark.parametrize(("text", "csv", "where"), [
+    # The columns' contents swapped: the token sits under `login`.
+    ('accounts_file = "accounts.csv"\n', "ig_user_id,access_token,login\n178,facebook,plainsecretvalue42\n",
+     "line 2"),
+    ('accounts_file = "accounts.csv"\n', "ig_user_id,login,access_token\nplainsecretvalue42,instagram,178\n",
+     "line 2"),
+    ("[[accounts]]\nig_user_id = '178'\nlogin = 'plainsecretvalue42'\naccess_token = 'instagram'\n", None,
+     "login"),
+])
+def test_a_token_in_the_wrong_place_is_not_echoed_by_the_error(tmp_path: Path, text: str, csv: str | None,
+                                                                where: str) -> None:
+    err = error_of(write(tmp_path, text, csv=csv))
+    assert where in str(err)
+    assert "plainsecretvalue42" not in str(err)
+    assert "<18 characters, not shown: it looks like a token>" in str(err)
