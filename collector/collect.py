@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,8 @@ FOLLOWER_COUNT_DAYS = 30
 # "An unknown error occurred".
 _BREAKDOWN_REFUSED = re.compile(r"unknown error has occurred", re.IGNORECASE)
 _LAST_30_DAYS = re.compile(r"last \d+ days", re.IGNORECASE)
+# Withheld from accounts under 100 followers (or 100 engagements, for the engaged audience), reference §2.5.
+_THRESHOLD_GATED = catalogue.NEEDS_100_FOLLOWERS | {"engaged_audience_demographics"}
 
 class Collector:
     """Runs jobs for accounts. One per process; safe to use from many tasks at once."""
@@ -332,10 +334,12 @@ class Collector:
     async def _insights_dropping_unsupported(
             self, account: models.Account, object_id: str, metrics: Sequence[str], *, params: dict[str, str],
             key: tuple[str, ...], record: Callable[[str, str, str | None], None],
-            endpoint: str) -> list[dict[str, Any]]:
+            endpoint: str, below_threshold: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
         """One insights call for `metrics`. When Meta refuses some metrics, drop the ones it names, record
         them as unsupported, remember that for `key`, and ask again for the rest: one bad metric never
-        loses the others. Raises when nothing is left to ask or the refusal names nothing we asked."""
+        loses the others. Raises when nothing is left to ask or the refusal names nothing we asked.
+        `below_threshold` (metric -> reason): metrics this object may be refused for a data threshold
+        (reference §2.5); their refusal is recorded with that reason and not learned for `key`."""
         remaining = list(metrics)
         while remaining:
             try:
@@ -347,10 +351,12 @@ class Collector:
                     refused |= set(remaining) - set(exc.allowed)
                 if not refused:
                     raise
-                self._capabilities.learn(refused, *key)
+                local = below_threshold or {}
+                self._capabilities.learn(refused - local.keys(), *key)
                 for metric in sorted(refused):
-                    reason = (models.UnavailableReason.DEPRECATED if metric in catalogue.DEPRECATED
-                              else models.UnavailableReason.UNSUPPORTED)
+                    reason = local.get(metric) or (
+                        models.UnavailableReason.DEPRECATED if metric in catalogue.DEPRECATED
+                        else models.UnavailableReason.UNSUPPORTED)
                     record(metric, reason, str(exc))
                 log.info("metrics_dropped", object_id=object_id, metrics=sorted(refused), key=list(key))
                 remaining = [m for m in remaining if m not in refused]
@@ -404,7 +410,9 @@ class Collector:
                 pending[:0] = pacific.windows(window, self._window_s)
                 continue
             except exceptions.UnsupportedMetric as exc:
-                absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc))
+                absent.add(metric, self._absent_reason(metric, followers)
+                           if self._below_threshold(metric, followers, exc)
+                           else models.UnavailableReason.UNSUPPORTED, str(exc))
                 return
             except exceptions.GraphError as exc:
                 if (metric == catalogue.FOLLOWER_COUNT and isinstance(exc, exceptions.InvalidParameter)
@@ -416,6 +424,11 @@ class Collector:
                                scope=pacific.day_end_utc(window[0]).isoformat())
                     if len(window) > 1:
                         pending.insert(0, window[1:])
+                    continue
+                if not exc.partial and self._below_threshold(metric, followers, exc):
+                    for day in window:
+                        absent.add(metric, self._absent_reason(metric, followers), exc.describe(),
+                                   scope=pacific.day_end_utc(day).isoformat())
                     continue
                 failure, body = exc, {"data": exc.partial}
             values = [v for v in parsing.parse_insight_items(body.get("data") or ())
@@ -460,12 +473,14 @@ class Collector:
         params = {"period": "day", "metric_type": "total_value",
                   "since": str(pacific.epoch(pacific.day_start_utc(day))), "until": str(pacific.epoch(end))}
         failure: exceptions.GraphError | None = None
+        record = functools.partial(jobs.scoped, absent, scope)
         while True:
+            gated = {m: self._absent_reason(m, followers) for m in metrics
+                     if m in _THRESHOLD_GATED and followers is not None and followers < 100}
             try:
                 items = await self._insights_dropping_unsupported(
-                    run.account, run.account.ig_user_id, metrics, params=params, key=key,
-                    record=functools.partial(jobs.scoped, absent, scope),
-                    endpoint="account_insights")
+                    run.account, run.account.ig_user_id, metrics, params=params, key=key, record=record,
+                    endpoint="account_insights", below_threshold=gated)
             except exceptions.MetricTypeRequired as exc:
                 moved = set(exc.metrics) & set(metrics)
                 if exc.needs_total_value or not moved:
@@ -475,7 +490,18 @@ class Collector:
                 metrics = [m for m in metrics if m not in moved]
                 continue
             except exceptions.GraphError as exc:
-                failure, items = exc, exc.partial or []
+                refused = [m for m in gated if self._below_threshold(m, followers, exc)]
+                if refused and not exc.partial:
+                    # The whole call refused, maybe for the small account's follower-gated metrics: those
+                    # are recorded, the rest asked again (a second refusal is the call's failure).
+                    for metric in refused:
+                        record(metric, gated[metric], exc.describe())
+                    metrics = [m for m in metrics if m not in refused]
+                    if metrics:
+                        continue
+                    items = []
+                else:
+                    failure, items = exc, exc.partial or []
             break
         values = parsing.parse_insight_items(items)
         user_id, now = run.user_id, run.now
@@ -534,6 +560,9 @@ class Collector:
                 {"metric": metric, "period": "lifetime", "metric_type": "total_value",
                  "timeframe": timeframe, "breakdown": breakdown}, endpoint="account_insights")
         except exceptions.GraphError as exc:
+            if not exc.partial and self._below_threshold(metric, followers, exc):
+                absent.add(metric, self._absent_reason(metric, followers), exc.describe(), scope)
+                return
             if _breakdown_refused(exc) and not exc.partial:
                 self._capabilities.learn([breakdown], "demographics", metric)
                 absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), scope)
@@ -558,10 +587,13 @@ class Collector:
             body = await self._client.get(run.account, f"{run.account.ig_user_id}/insights",
                                           {"metric": metric, "period": "lifetime"},
                                           endpoint="account_insights")
-        except (exceptions.UnsupportedMetric, exceptions.InvalidParameter) as exc:
-            absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), "")
-            return
         except exceptions.GraphError as exc:
+            if not exc.partial and self._below_threshold(metric, followers, exc):
+                absent.add(metric, self._absent_reason(metric, followers), exc.describe(), "")
+                return
+            if isinstance(exc, exceptions.UnsupportedMetric | exceptions.InvalidParameter):
+                absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), "")
+                return
             if not exc.partial:
                 run.item_failed(metric, exc)
                 return
@@ -587,6 +619,16 @@ class Collector:
             absent.add(metric, self._absent_reason(metric, followers), "empty data set", "")
 
     # ------------------------------------------------------------------ helpers
+
+    def _below_threshold(self, metric: str, followers: int | None, error: exceptions.GraphError) -> bool:
+        """True when `error` refusing `metric` is Meta withholding it from an account under 100 followers.
+        Meta documents an empty data set for that; the error it may send instead is unknown (reference
+        §2.5), so any permanent refusal of a follower-gated metric of such an account counts, and is
+        neither a failure nor something learned about the metric for the other accounts."""
+        return (metric in _THRESHOLD_GATED and followers is not None and followers < 100
+                and jobs.permanent(error) and not isinstance(error, exceptions.ObjectNotFound
+                                                             | exceptions.RangeTooLong
+                                                             | exceptions.MetricTypeRequired))
 
     def _absent_reason(self, metric: str, followers: int | None) -> str:
         if metric in catalogue.NEEDS_100_FOLLOWERS and followers is not None and followers < 100:

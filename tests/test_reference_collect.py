@@ -419,3 +419,71 @@ async def test_demographics_breakdown_refused_with_unknown_error_is_recorded_not
     cities = await pool.fetchval("SELECT count(*) FROM ig_account_insight WHERE metric = "
                                  "'follower_demographics' AND breakdown = 'city'")
     assert cities > 0
+
+
+# -- accounts under 100 followers: an error instead of the documented empty data set -------------------------
+
+GATED = ("follower_count", "online_followers", "follower_demographics", "follows_and_unfollows",
+         "engaged_audience_demographics")
+NEEDS_100 = {"follower_count", "online_followers", "follower_demographics", "follows_and_unfollows"}
+ACCOUNT_METRICS = ("accounts_engaged", "comments", "likes", "profile_links_taps", "reach", "replies",
+                   "reposts", "saves", "shares", "total_interactions", "views")
+
+
+def few_followers_error(shape: str, metrics: list[str]) -> web.Response:
+    if shape == "named":
+        return error(400, f"(#100) The {', '.join(metrics)} metric is not available for accounts with fewer "
+                          "than 100 followers", 100)
+    if shape == "code10":
+        return error(403, "(#10) Not enough followers to show insights", 10)
+    if shape == "one_of":
+        valid = ", ".join(ACCOUNT_METRICS)
+        return error(400, f"(#100) metric[0] must be one of the following values: {valid}", 100)
+    return error(400, "Invalid parameter", 100)
+
+
+@pytest.mark.parametrize("shape", ["named", "code10", "one_of", "generic"])
+async def test_few_followers_refused_with_an_error_loses_nothing_else(
+        shape: str, tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """Meta documents an empty data set for follower-gated metrics of an account under 100 followers; the
+    error shape it may use instead is unknown (reference §2.5). Whatever it is, the small account's other
+    metrics are stored, its gated ones are recorded `fewer_than_100_followers`, no job fails, and no other
+    account loses its gated metrics (nothing is learned from a small account's refusal)."""
+    sim = await frozen_sim(start_simulator, accounts=6, media_per_account=1, seed=48,
+                           world_knobs={"low_follower_fraction": 0.5})
+    small = {a.ig_user_id for a in sim.accounts() if a.low_followers}
+    assert small and len(small) < len(sim.accounts())
+    plain = await run_pass(tmp_path, sim, db_dsn, pool)
+    assert plain.exit_code == 0
+    expected = await snapshot(pool)
+    await wipe(pool)
+
+    proxy, via_proxy = await proxy_for(sim)
+    refused: list[str] = []
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        parts = request.path.strip("/").split("/")
+        if len(parts) == 3 and parts[2] == "insights" and parts[1] in small:
+            gated = [m for m in request.query.get("metric", "").split(",") if m in GATED]
+            if gated:
+                refused.append(parts[1])
+                return few_followers_error(shape, gated)
+        return None
+
+    proxy.before = before
+    # One account at a time: a small account's refusal must not teach the accounts after it.
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool, max_concurrent_accounts=1)
+    assert refused
+    assert summary.exit_code == 0, summary.accounts_failed
+    got = await snapshot(pool)
+    for name in ("account", "media", "media_insight", "account_insight", "jobs"):
+        assert got[name] == expected[name], name
+    reasons = {(str(r["object_id"]), r["metric"], r["reason"]) for r in await pool.fetch(
+        "SELECT object_id, metric, reason FROM ig_unavailable WHERE object_type = 'account'")}
+    for account in small:
+        for metric in NEEDS_100:
+            assert (account, metric, "fewer_than_100_followers") in reasons, (account, metric)
+    assert {r for r in reasons if r[0] not in small} == {r for r in expected["unavailable"]
+                                                         if str(r[1]) not in small and r[0] == "account"
+                                                         for r in [(str(r[1]), r[2], r[4])]}
