@@ -550,7 +550,11 @@ class Collector:
         timeframe = self._collect.demographics_timeframe
         end = pacific.day_end_utc(pacific.today(run.now))
         scope = f"{timeframe}:{breakdown}"
-        if breakdown in self._capabilities.unsupported("demographics", metric):
+        # Refusals are remembered per account: Meta withholds demographics below a data threshold of the
+        # account (100 followers, 100 engagements in the timeframe), and its error for that is unknown
+        # (reference §2.5), so one account's refusal says nothing about the others.
+        key = ("demographics", metric, run.account.ig_user_id)
+        if breakdown in self._capabilities.unsupported(*key):
             absent.add(metric, models.UnavailableReason.UNSUPPORTED, "refused earlier for this metric", scope)
             return
         failure: exceptions.GraphError | None = None
@@ -564,7 +568,7 @@ class Collector:
                 absent.add(metric, self._absent_reason(metric, followers), exc.describe(), scope)
                 return
             if _breakdown_refused(exc) and not exc.partial:
-                self._capabilities.learn([breakdown], "demographics", metric)
+                self._capabilities.learn([breakdown], *key)
                 absent.add(metric, models.UnavailableReason.UNSUPPORTED, str(exc), scope)
                 return
             failure, body = exc, {"data": exc.partial}

@@ -487,3 +487,34 @@ async def test_few_followers_refused_with_an_error_loses_nothing_else(
     assert {r for r in reasons if r[0] not in small} == {r for r in expected["unavailable"]
                                                          if str(r[1]) not in small and r[0] == "account"
                                                          for r in [(str(r[1]), r[2], r[4])]}
+
+
+async def test_one_accounts_demographics_refusal_is_not_learned_for_the_others(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """engaged_audience_demographics is withheld below 100 engagements in the timeframe, whatever the
+    followers count, and the error shape for that is unknown (reference §2.5): one account refused it must
+    not make the collector stop asking the other accounts."""
+    sim = await frozen_sim(start_simulator, accounts=3, media_per_account=1, seed=49,
+                           world_knobs={"low_follower_fraction": 0.0})
+    plain = await run_pass(tmp_path, sim, db_dsn, pool)
+    assert plain.exit_code == 0
+    expected = await snapshot(pool)
+    await wipe(pool)
+    first = sim.accounts()[0].ig_user_id
+    proxy, via_proxy = await proxy_for(sim)
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        if request.path == f"/v24.0/{first}/insights" and insights_of(request,
+                                                                     "engaged_audience_demographics"):
+            return error(400, "Invalid parameter", 100)
+        return None
+
+    proxy.before = before
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool, max_concurrent_accounts=1)
+    assert summary.exit_code == 0, summary.accounts_failed
+    got = await snapshot(pool)
+    engaged = {r for r in expected["account_insight"] if r[1] == "engaged_audience_demographics"}
+    assert {r for r in engaged if str(r[0]) != first}
+    assert {r for r in got["account_insight"] if r[1] == "engaged_audience_demographics"} == \
+        {r for r in engaged if str(r[0]) != first}
