@@ -73,6 +73,8 @@ class Collector:
         self._followers: dict[str, int | None] = {}
         # Account metrics Meta refused to serve as total_value (incompatible metric type): asked as series.
         self._series_only: set[str] = set()
+        # Kinds (capability keys) whose insights Meta wants asked with metric_type=total_value.
+        self._needs_total_value: set[tuple[str, ...]] = set()
         # The 30-day window rule as Meta enforces it; halved when Meta says a window is too long.
         self._window_s = pacific.MAX_WINDOW_S
         # Capability keys whose first call is over: later calls skip `Capabilities.first_call` (an async
@@ -341,10 +343,24 @@ class Collector:
         `below_threshold` (metric -> reason): metrics this object may be refused for a data threshold
         (reference §2.5); their refusal is recorded with that reason and not learned for `key`."""
         remaining = list(metrics)
+        if key and key in self._needs_total_value and "metric_type" not in params:
+            params = {**params, "metric_type": "total_value"}
         while remaining:
             try:
                 body = await self._client.get(account, f"{object_id}/insights",
                                               {**params, "metric": ",".join(remaining)}, endpoint=endpoint)
+            except exceptions.MetricTypeRequired as exc:
+                # "(#100) The following metrics (views) should be specified with parameter
+                # metric_type=total_value" on a call that sent none (a media's: reference §2.3, §3.3 OBS):
+                # asked again with it, and so from now on for this kind.
+                if (not exc.needs_total_value or "metric_type" in params
+                        or not set(exc.metrics) & set(remaining)):
+                    raise
+                params = {**params, "metric_type": "total_value"}
+                if key:
+                    self._needs_total_value.add(key)
+                log.info("metric_type_added", object_id=object_id, metrics=sorted(exc.metrics), key=list(key))
+                continue
             except exceptions.UnsupportedMetric as exc:
                 refused = set(exc.metrics) & set(remaining)
                 if exc.allowed is not None:

@@ -518,3 +518,38 @@ async def test_one_accounts_demographics_refusal_is_not_learned_for_the_others(
     assert {r for r in engaged if str(r[0]) != first}
     assert {r for r in got["account_insight"] if r[1] == "engaged_audience_demographics"} == \
         {r for r in engaged if str(r[0]) != first}
+
+
+# -- media insights: `views` asked with metric_type=total_value ----------------------------------------------
+
+async def test_media_views_that_need_metric_type_total_value_lose_nothing(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """After v22 `views` of a media may come as total_value, and a client added metric_type=total_value for
+    it (reference §3.3 OBS); a fake may refuse `views` without it, with Meta's account-insights message
+    (§2.3). The call is asked again with metric_type=total_value: every value is stored."""
+    sim = await frozen_sim(start_simulator, accounts=3, media_per_account=6, seed=50)
+    plain = await run_pass(tmp_path, sim, db_dsn, pool)
+    assert plain.exit_code == 0
+    expected = await snapshot(pool)
+    await wipe(pool)
+    accounts = {a.ig_user_id for a in sim.accounts()}
+    proxy, via_proxy = await proxy_for(sim)
+    refused: list[str] = []
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        parts = request.path.strip("/").split("/")
+        if (len(parts) == 3 and parts[2] == "insights" and parts[1] not in accounts
+                and insights_of(request, "views") and request.query.get("metric_type") != "total_value"):
+            refused.append(parts[1])
+            return error(400, "(#100) The following metrics (views) should be specified with parameter "
+                              "metric_type=total_value", 100)
+        return None
+
+    proxy.before = before
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
+    assert refused
+    assert summary.exit_code == 0, summary.accounts_failed
+    got = await snapshot(pool)
+    for name in expected:
+        assert got[name] == expected[name], name
