@@ -269,12 +269,13 @@ class GraphClient:
             try:
                 body = await self._call(login=login, token=token, account_id=account_id, path=path,
                                         params=query, endpoint=endpoint, versioned=True)
-            except exceptions.ServerError as exc:
+            except (exceptions.ServerError, exceptions.InvalidParameter) as exc:
                 # "Please reduce the amount of data you're asking for, then retry your request" (code 1,
                 # reference §7.1): the same request keeps failing; the same cursor with half the limit
-                # may not.
+                # may not. So for a code-100 refusal naming `limit`: its official maximum is unknown (§4).
                 limit = query.get("limit", "")
-                if not _REDUCE_DATA.search(str(exc)) or not limit.isdigit() or int(limit) <= 1:
+                refused = _REDUCE_DATA if isinstance(exc, exceptions.ServerError) else _LIMIT_REFUSED
+                if not refused.search(str(exc)) or not limit.isdigit() or int(limit) <= 1:
                     raise
                 query["limit"] = str(int(limit) // 2)
                 reduced = True
@@ -542,6 +543,7 @@ def client_for(config: settings.Config, counters: metrics.Metrics, *,
 
 _UNREADABLE = object()  # a 2xx body that is not JSON (stands in for the decoded value)
 _REDUCE_DATA = re.compile(r"reduce the amount of data", re.IGNORECASE)
+_LIMIT_REFUSED = re.compile(r"\blimit\b", re.IGNORECASE)
 
 
 def _next_query(body: Mapping[str, Any]) -> dict[str, str] | None:

@@ -553,3 +553,33 @@ async def test_media_views_that_need_metric_type_total_value_lose_nothing(
     got = await snapshot(pool)
     for name in expected:
         assert got[name] == expected[name], name
+
+
+# -- listings: a server whose `limit` maximum is below 100 and says so with an error -------------------------
+
+async def test_listing_limit_refused_with_an_error_is_halved_and_loses_nothing(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """`limit` max 100 is observed, the official maximum unknown (reference §4): a server may refuse ours
+    with a code-100 error naming `limit` instead of capping it. The listing goes on with a smaller limit."""
+    sim = await frozen_sim(start_simulator, accounts=2, media_per_account=30, seed=52)
+    plain = await run_pass(tmp_path, sim, db_dsn, pool)
+    assert plain.exit_code == 0
+    expected = await snapshot(pool)
+    await wipe(pool)
+    proxy, via_proxy = await proxy_for(sim)
+    refused: list[str] = []
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        if request.path.endswith(("/media", "/stories")) and int(request.query.get("limit", "25")) > 20:
+            refused.append(request.query["limit"])
+            return error(400, "(#100) The parameter limit must be at most 20", 100)
+        return None
+
+    proxy.before = before
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
+    assert refused
+    assert summary.exit_code == 0, summary.accounts_failed
+    got = await snapshot(pool)
+    for name in expected:
+        assert got[name] == expected[name], name
