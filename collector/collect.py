@@ -193,7 +193,10 @@ class Collector:
                 if exc.partial:  # the items that came with the error are stored, then the error counts
                     yield exc.partial
                     raise
-                if not isinstance(exc, exceptions.InvalidParameter):
+                # Code 100, or a code without a meaning of its own (Graph's 12, "deprecated"): a refusal that
+                # names a field we asked for is about that field.
+                if type(exc) is not exceptions.GraphApiError and not isinstance(exc,
+                                                                              exceptions.InvalidParameter):
                     raise
                 message = str(exc)
                 refused = {f for f in usable if f != "id" and re.search(rf"\b{f}\b", message)}

@@ -583,3 +583,40 @@ async def test_listing_limit_refused_with_an_error_is_halved_and_loses_nothing(
     got = await snapshot(pool)
     for name in expected:
         assert got[name] == expected[name], name
+
+
+# -- Instagram Login: media_product_type refused with another code than 100 ----------------------------------
+
+async def test_media_product_type_refused_with_an_unknown_code_is_dropped_like_a_code_100(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool) -> None:
+    """Whether graph.instagram.com serves `media_product_type` is unknown (reference §1.1); a server that
+    does not may refuse the field with another code than 100 (Graph's code 12 is "deprecated"). The field is
+    dropped and the listing collected as when the field is simply absent."""
+    sim = await frozen_sim(start_simulator, accounts=4, media_per_account=8, seed=53,
+                           world_knobs={"omit_media_product_type_on_instagram": True})
+    plain = await run_pass(tmp_path, sim, db_dsn, pool)
+    assert plain.exit_code == 0
+    expected = await snapshot(pool)
+    await wipe(pool)
+    instagram = {a.ig_user_id for a in sim.accounts() if a.login == "instagram"}
+    assert instagram
+    proxy, via_proxy = await proxy_for(sim)
+    refused: list[str] = []
+
+    def before(request: web.Request) -> web.StreamResponse | None:
+        parts = request.path.strip("/").split("/")
+        if (len(parts) == 3 and parts[1] in instagram and parts[2] in ("media", "stories")
+                and "media_product_type" in request.query.get("fields", "").split(",")):
+            refused.append(parts[1])
+            return error(400, "(#12) media_product_type field is deprecated for versions v21.0 and higher",
+                         12)
+        return None
+
+    proxy.before = before
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
+    assert refused
+    assert summary.exit_code == 0, summary.accounts_failed
+    got = await snapshot(pool)
+    for name in expected:
+        assert got[name] == expected[name], name
