@@ -39,7 +39,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from collector import exceptions, metrics, models, settings
+from collector import exceptions, metrics, models, parsing, settings
 
 if TYPE_CHECKING:  # annotation only: the receiver just calls `add`
     from collector.storage import writer as storage_writer
@@ -88,7 +88,7 @@ class StoryInsights(NamedTuple):
 
     ig_user_id: int
     media_id: int
-    values: dict[str, int | float]  # metric name -> value as Meta sent it (negative = unavailable)
+    values: dict[str, models.Number]  # metric name -> value as Meta sent it (negative = unavailable)
     event_time: datetime | None  # entry.time, when Meta produced the change
 
 
@@ -166,10 +166,12 @@ def _parse_story_insights(ig_user_id: int, event_time: datetime | None, value: o
     if not isinstance(value, dict):
         raise MalformedDelivery(f"{where} is not an object")
     media_id = _graph_id(value.get("media_id"), f"{where}.media_id")
-    values: dict[str, int | float] = {}
-    for key, v in value.items():
-        # bool is an int subclass: `true` is not a metric value.
-        if key == "media_id" or isinstance(v, bool) or not isinstance(v, int | float):
+    values: dict[str, models.Number] = {}
+    for key, raw in value.items():
+        # A JSON number, or a numeric string (Meta documents numbers; a quoted one is read as Graph answers
+        # are, rather than a whole delivery refused and lost after Meta's retries); `true` is no value.
+        v = None if key == "media_id" else parsing.number(raw)
+        if v is None:
             continue
         if not _METRIC_NAME.fullmatch(key):
             raise MalformedDelivery(f"{where} has a numeric key that is not a metric name")

@@ -71,6 +71,12 @@ class TestParse:
         assert isinstance(change, webhook.StoryInsights)
         assert change.values == {"views": 10, "navigation": 2.5, "shares": -1}
 
+    def test_numeric_strings_are_values(self) -> None:
+        change = webhook.parse_delivery(_body({"media_id": "5", "reach": "44", "exits": " 3 ", "shares": "-1",
+                                               "note": "x1"})).changes[0]
+        assert isinstance(change, webhook.StoryInsights)
+        assert change.values == {"reach": 44, "exits": 3, "shares": -1}
+
     def test_other_fields_and_entries_without_changes(self) -> None:
         body = orjson.dumps({"object": "instagram", "entry": [
             {"id": "7", "time": 1, "changes": [{"field": "comments", "value": {"text": "hi"}}]},
