@@ -21,6 +21,7 @@ ENUM_BREAKDOWNS = frozenset({
 
 
 _INTEGER = re.compile(r"-?[0-9]+")
+_SECONDS_MAX = 1e11  # seconds (~3,000 years; as a timestamp, year 5138): beyond, datetime overflows
 
 
 def number(value: object) -> models.Number | None:
@@ -33,6 +34,13 @@ def number(value: object) -> models.Number | None:
     if isinstance(value, str):
         return _numeric_text(value)
     return None
+
+
+def positive_number(value: object) -> float | None:
+    """A count of seconds or a timestamp Meta sent (`expires_in`, `expires_at`): a number or a numeric
+    string, above 0; None for 0 ("never"), absent, past any date a datetime holds, or anything else."""
+    parsed = number(value)
+    return float(parsed) if parsed is not None and 0 < parsed < _SECONDS_MAX else None
 
 
 def _numeric_text(text: str) -> models.Number | None:

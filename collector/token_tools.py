@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from collector import exceptions, graph, metrics, models, redaction, settings
+from collector import exceptions, graph, metrics, models, parsing, redaction, settings
 
 log = structlog.get_logger("collector.token_tools")
 
@@ -80,8 +80,7 @@ async def exchange(client: graph.GraphClient, app: settings.AppSettings, login: 
         raise exceptions.GraphApiError("the exchange answered without an access_token")
     redaction.register_secret(token)
     expires_in = body.get("expires_in")
-    return Exchanged(models.Secret(token),
-                     float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else None)
+    return Exchanged(models.Secret(token), parsing.positive_number(expires_in))
 
 
 # -- checks ------------------------------------------------------------------------------------------------
@@ -181,8 +180,8 @@ def _judge(result: TokenCheck, data: dict[str, Any], now: datetime) -> None:
             result.problems.append(("missing_scope", f"missing permission {needed} (granted: {granted}); "
                                                      "insights calls will fail with it"))
     for key, what in (("expires_at", "token"), ("data_access_expires_at", "data access")):
-        value = data.get(key)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        value = parsing.positive_number(data.get(key))
+        if value is None:
             continue  # 0: never expires
         at = datetime.fromtimestamp(value, UTC)
         if key == "expires_at":

@@ -31,7 +31,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from collector import exceptions, metrics, models, redaction, settings
+from collector import exceptions, metrics, models, parsing, redaction, settings
 
 log = structlog.get_logger(__name__)
 
@@ -220,8 +220,8 @@ class TokenStore:
         if not isinstance(token, str) or not token:
             raise exceptions.GraphApiError("refresh_access_token answered without an access_token")
         redaction.register_secret(token)
-        expires_at = now + timedelta(seconds=float(expires_in)) \
-            if isinstance(expires_in, int | float) and expires_in > 0 else None
+        seconds = parsing.positive_number(expires_in)
+        expires_at = None if seconds is None else now + timedelta(seconds=seconds)
         current = self.observe(account, now)
         self._records[account.ig_user_id] = dataclasses.replace(
             current, token=models.Secret(token), refreshed_at=now, expires_at=expires_at,

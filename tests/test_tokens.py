@@ -27,6 +27,7 @@ class RefreshServer:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.expires_in: object = 5_184_000
         self.app = web.Application()
         self.app.router.add_get("/refresh_access_token", self.handle)
 
@@ -38,7 +39,7 @@ class RefreshServer:
             return web.json_response({"error": {"message": "Error validating access token", "code": 190,
                                                 "type": "OAuthException"}}, status=400)
         return web.json_response({"access_token": f"IGQ-refreshed-{len(self.calls)}", "token_type": "bearer",
-                                  "expires_in": 5_184_000})
+                                  "expires_in": self.expires_in})
 
 
 @pytest.fixture
@@ -99,6 +100,21 @@ async def test_refresh_persists_and_survives_a_restart(tmp_path: Path,
     await refresh(again, [acct], NOW + timedelta(days=7), url, m)
     assert server.calls == ["IGQ-configured", "IGQ-refreshed-1"]
     assert again.effective(acct).access_token.reveal() == "IGQ-refreshed-2"
+
+
+@pytest.mark.parametrize(("expires_in", "days"), [("5184000", 60.0), (" 86400 ", 1.0), (0, None),
+                                                  ("soon", None), (1e300, None), (True, None)])
+async def test_expires_in_as_a_numeric_string_is_read(tmp_path: Path, refresh_server: tuple[RefreshServer, str],
+                                                      expires_in: object, days: float | None) -> None:
+    server, url = refresh_server
+    server.expires_in = expires_in
+    store = tokens.TokenStore(tmp_path / "state")
+    store.load()
+    acct = account(1, "IGQ-configured")
+    changed = await refresh(store, [acct], NOW, url)
+    assert changed[acct.ig_user_id].access_token.reveal() == "IGQ-refreshed-1"
+    got = store.expiry_days(acct, NOW)
+    assert got == (None if days is None else pytest.approx(days))
 
 
 async def test_changed_configured_token_wins(tmp_path: Path,
