@@ -104,8 +104,9 @@ async def test_refresh_persists_and_survives_a_restart(tmp_path: Path,
 
 @pytest.mark.parametrize(("expires_in", "days"), [("5184000", 60.0), (" 86400 ", 1.0), (0, None),
                                                   ("soon", None), (1e300, None), (True, None)])
-async def test_expires_in_as_a_numeric_string_is_read(tmp_path: Path, refresh_server: tuple[RefreshServer, str],
-                                                      expires_in: object, days: float | None) -> None:
+async def test_expires_in_as_a_numeric_string_is_read(
+        tmp_path: Path, refresh_server: tuple[RefreshServer, str], expires_in: object,
+        days: float | None) -> None:
     server, url = refresh_server
     server.expires_in = expires_in
     store = tokens.TokenStore(tmp_path / "state")
