@@ -7,12 +7,14 @@ import asyncio
 import itertools
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 import pytest
 
-from collector import models, pacific, settings
+from collector import config, metrics, models, pacific, passes, settings
 from collector.storage import conversion, migrations, partitions, retention, sizing, writer
+from tests import fixtures_sim
 
 HISTORY = partitions.HISTORY.name
 COLUMNS = "media_id, metric, breakdown, dimension, value, collected_at"
@@ -460,3 +462,44 @@ async def test_one_instance_at_a_time_runs_the_maintenance(pool: asyncpg.Pool) -
     await retention.maintain(pool, policy, NOW)
     async with pool.acquire() as conn:
         assert Month(2026, 6) in {p.month for p in await partitions.list_partitions(conn, partitions.HISTORY)}
+
+
+TREE_SIZE = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT $1::regclass::oid
+    UNION ALL
+    SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid)
+SELECT sum(pg_total_relation_size(oid)) FROM tree"""
+
+
+async def test_db_size_measures_every_table_after_a_pass(
+        tmp_path: Path, db_dsn: str, pool: asyncpg.Pool,
+        start_simulator: fixtures_sim.StartSimulator) -> None:
+    """Every table's bytes are its own total size (heap, indexes, TOAST), a partitioned one's summed over its
+    partitions, computed here from pg_inherits; plain tables read 0 B when their size came from
+    pg_partition_tree (which lists nothing for a table that is not partitioned)."""
+    sim = await start_simulator(accounts=3, media_per_account=5, world_knobs={"invalid_token_fraction": 0.0})
+    path = fixtures_sim.write_config(tmp_path, sim, db_dsn, sections={
+        "rate_limit": {"account_calls_per_s": 0, "app_calls_per_s": 0},
+        "collect": {"account_backfill_days": 3}})
+    summary = await passes.run_pass(config.load(path), pool, stop=asyncio.Event(), metrics=metrics.Metrics())
+    assert summary.accounts_ok == 3
+    async with pool.acquire() as conn:
+        before = {t: await conn.fetchval(TREE_SIZE, t) for t in sizing._TIME_COLUMNS}
+        sizes = {s.table: s for s in await sizing.measure(pool, datetime.now(UTC))}
+        after = {t: await conn.fetchval(TREE_SIZE, t) for t in sizing._TIME_COLUMNS}
+    assert sizes.keys() == before.keys()
+    written = {t for t, s in sizes.items() if s.rows}
+    assert written >= {"ig_account", "ig_media", "ig_media_insight", HISTORY, "ig_account_insight",
+                       "collector_job_state"}
+    for table, size in sizes.items():
+        # Autovacuum may add a table's free-space and visibility maps meanwhile: between the two readings.
+        assert min(before[table], after[table]) <= size.bytes <= max(before[table], after[table]), table
+        assert size.bytes > 0 or table not in written, table
+    assert sizes[HISTORY].partitions >= 3 and sizes["ig_account"].partitions == 0
+    total = sum(s.bytes for s in sizes.values())
+    assert min(sum(before.values()), sum(after.values())) <= total <= max(sum(before.values()),
+                                                                           sum(after.values()))
+    report = sizing.render(list(sizes.values()), window_days=7)
+    total_line = next(line for line in report.splitlines() if line.startswith("total"))
+    assert total_line.split()[2:4] == sizing.human_bytes(total).split()

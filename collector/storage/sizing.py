@@ -79,10 +79,13 @@ async def measure(pool: asyncpg.Pool, now: datetime, *, window_days: int = 7) ->
 
 async def _measure_table(conn: partitions.Connection, table: str, column: str | None, now: datetime,
                          window_days: int) -> TableSize:
-    # pg_partition_tree covers a plain table too (itself, one leaf).
+    # pg_partition_tree lists no row at all for a table that is not partitioned: a plain table is its own
+    # total size, a partitioned one (no storage of its own) the sum over its tree.
     row = (await conn.fetch(
-        "SELECT coalesce(sum(pg_total_relation_size(relid)), 0) AS size, count(*) FILTER (WHERE isleaf AND "
-        "level > 0) AS parts FROM pg_partition_tree($1::regclass)", table))[0]
+        "SELECT CASE WHEN c.relkind = 'p' THEN (SELECT sum(pg_total_relation_size(t.relid)) "
+        "FROM pg_partition_tree(c.oid) t) ELSE pg_total_relation_size(c.oid) END AS size, "
+        "(SELECT count(*) FROM pg_partition_tree(c.oid) t WHERE t.isleaf AND t.level > 0) AS parts "
+        "FROM pg_class c WHERE c.oid = $1::regclass", table))[0]
     rows = await conn.fetchval(f"SELECT count(*) FROM {table}")
     if column is None:
         return TableSize(table, rows, int(row["size"]), int(row["parts"]), None, "does not grow with time")
