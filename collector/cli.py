@@ -530,7 +530,8 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "status": (cmd_status, "show each account's last success, status and next due time",
                "Read per-account and per-job state from the database and print it as a table; with [app] "
                "configured, also check the Facebook tokens with debug_token and list their problems; then "
-               "the daemon instances sharing the database, what each holds and its lease counters."),
+               "the daemon instances sharing the database, what each holds and its lease counters. Exit 3 "
+               "when the database is unreachable or not migrated."),
     "discover": (cmd_discover, "list the accounts the [[tokens]] reach, without collecting",
                  "Ask every [[tokens]] entry which Instagram accounts it reaches (Facebook Login: "
                  "/me/accounts, every page; Instagram Login: /me) and print what `once` and `run` would "
@@ -551,7 +552,8 @@ _COMMANDS: dict[str, tuple[Handler, str, str]] = {
     "db-size": (cmd_db_size, "print each table's rows, size, growth per day and 30/365-day projections",
                 "Count each collector table's rows and bytes (indexes included), measure its growth per "
                 "day from the rows added in the last --days days, and project 30 and 365 days ahead at "
-                "that rate. Counting scans the tables."),
+                "that rate. Counting scans the tables. Exit 3 when the database is unreachable or not "
+                "migrated."),
 }
 _WITH_CONFIG = ("once", "run", "migrate", "check-config", "status", "discover", "token", "prune", "db-size")
 _WITH_LOOP = ("once", "run", "migrate", "status", "demo", "discover", "token", "prune", "db-size")

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from collector import discovery, exceptions, leases, models, scheduler, settings, tokens
-from collector.storage import db, discovered, queries, token_table
+from collector.storage import db, discovered, migrations, queries, token_table
 
 Key = tuple[str, models.Job]
 
@@ -51,10 +51,13 @@ async def _load_accounts(pool: asyncpg.Pool) -> dict[str, dict[str, object]]:
 
 
 async def main(config: settings.Config, *, out: TextIO | None = None) -> int:
-    """Print the table; exit 0 (3 when the database cannot be read: raised as StorageError)."""
+    """Print the table; exit 0 (3 when the database cannot be read or is not migrated: raised as
+    StorageError)."""
     database = await db.open_database(config.database, state_dir=config.state_dir)
     store: tokens.TokenStore | None = tokens.TokenStore(config.state_dir)
     async with database:
+        async with database.pool.acquire() as conn:
+            await migrations.require_applied(conn)
         states = await load_job_states(database.pool)
         accounts = await _load_accounts(database.pool)
         # Accounts found through [[tokens]] are shown too, as the last discovery left them.

@@ -266,6 +266,24 @@ async def test_prune_dry_run_and_db_size(tmp_path: Path, db_dsn: str) -> None:
     assert "size +365d" in size[1] and "last 3 days" in size[1]
 
 
+@pytest.mark.parametrize("command", ["status", "db-size", "prune"])
+async def test_commands_that_read_the_schema_say_to_migrate_a_database_never_migrated(
+        tmp_path: Path, empty_db_dsn: str, command: str) -> None:
+    path = write_config(tmp_path, f'[database]\nurl = "{empty_db_dsn}"\n')
+    code, out, err = await arun(command, "-c", str(path), "--log-json")
+    assert code == 3, err
+    errors = [orjson.loads(line) for line in err.splitlines() if '"fatal_storage_error"' in line]
+    assert [e["error"] for e in errors] == [
+        "the database was never migrated: run `ig-collector migrate` first"]
+    assert "does not exist" not in err and out == ""
+    conn = await asyncpg.connect(empty_db_dsn)
+    try:  # and it was left as it was
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
+    finally:
+        await conn.close()
+
+
 def test_command_loops_collect_garbage_less_often_and_freeze_start_up() -> None:
     # The runner every command's loop comes from tunes the cyclic GC (docs/benchmarks.md, issue 9): the
     # first-generation threshold is raised and what start-up made is moved to the permanent generation.

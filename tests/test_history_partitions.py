@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector import config, metrics, models, pacific, passes, settings
+from collector import config, exceptions, metrics, models, pacific, passes, settings
 from collector.storage import conversion, migrations, partitions, retention, sizing, writer
 from tests import fixtures_sim
 
@@ -402,9 +402,15 @@ async def test_downsampling_keeps_exactly_the_last_value_per_pacific_day_per_ser
 
 async def test_retention_refuses_an_unconverted_history(empty_db_dsn: str) -> None:
     conn = await old_schema(empty_db_dsn)
+    policy = settings.RetentionSettings(history_days=1)
     try:
-        with pytest.raises(Exception, match="not partitioned yet"):
-            await retention.current_plan(conn, settings.RetentionSettings(history_days=1), NOW)
+        with pytest.raises(exceptions.StorageError, match=r"\(003_history_partitioned, .* not applied\): "
+                           "run `ig-collector migrate` first"):
+            await retention.current_plan(conn, policy, NOW)
+        await migrations.migrate(conn, now=NOW, finish=False)  # every file applied, the copy not done
+        with pytest.raises(exceptions.StorageError,
+                           match=r"not partitioned yet .*: run `ig-collector migrate` first"):
+            await retention.current_plan(conn, policy, NOW)
     finally:
         await conn.close()
 

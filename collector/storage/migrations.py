@@ -142,6 +142,30 @@ async def up_to_date(conn: Connection, migrations: list[Migration], now: datetim
 
 
 
+async def require_applied(conn: Connection) -> None:
+    """For the commands that read the schema without migrating it (`status`, `db-size`, `prune`): raise
+    StorageError (exit 3) saying to run `ig-collector migrate` first when a migration shipped with this code
+    is not applied, or the history conversion that 003 starts is not finished. A database newer than the
+    code passes (`migrate` is what refuses it)."""
+    try:
+        applied: set[int] = set()
+        if await conn.fetchval("SELECT to_regclass('collector_schema_migrations') IS NOT NULL"):
+            rows = await conn.fetch("SELECT version FROM collector_schema_migrations")
+            applied = {r["version"] for r in rows}
+        converting = await conversion.pending(conn)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise exceptions.StorageError(f"database query failed: {exc}") from exc
+    missing = [f"{m.version:03d}_{m.name}" for m in available() if m.version not in applied]
+    if missing:
+        state = ("was never migrated" if not applied else
+                 f"is not migrated to this version ({', '.join(missing)} not applied)")
+        raise exceptions.StorageError(f"the database {state}: run `ig-collector migrate` first")
+    if converting:
+        raise exceptions.StorageError(
+            f"{partitions.HISTORY.name} is not partitioned yet (its conversion is not finished): "
+            "run `ig-collector migrate` first")
+
+
 async def _ensure_partitions(conn: Connection, now: datetime) -> None:
     """Months ahead; a lock timeout (a long query on the table) is not fatal: rows of a missing month go to
     the default partition, and the daemon's daily maintenance tries again."""

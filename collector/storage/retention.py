@@ -26,7 +26,7 @@ import asyncpg
 import structlog
 
 from collector import exceptions, pacific, settings
-from collector.storage import conversion, partitions, sizing
+from collector.storage import migrations, partitions, sizing
 
 # One instance at a time runs the daily maintenance ("igc-rete" in ASCII).
 MAINTENANCE_LOCK_KEY = 0x6967632D72657465
@@ -87,7 +87,7 @@ def plan(parts: Sequence[partitions.Partition], policy: settings.RetentionSettin
 
 async def current_plan(conn: partitions.Connection, policy: settings.RetentionSettings,
                        now: datetime) -> list[Action]:
-    await _require_partitioned(conn)
+    await migrations.require_applied(conn)  # raises StorageError: run `migrate` first
     return plan(await partitions.list_partitions(conn, partitions.HISTORY), policy, now)
 
 
@@ -284,8 +284,3 @@ async def _measure(conn: partitions.Connection, name: str) -> tuple[int, int]:
         rows = round(row["reltuples"] / row["relpages"] * row["pages"])
     return int(rows), int(row["size"])
 
-
-async def _require_partitioned(conn: partitions.Connection) -> None:
-    if await conversion.pending(conn) or not await partitions.is_partitioned(conn, partitions.HISTORY):
-        raise exceptions.StorageError(
-            f"{partitions.HISTORY.name} is not partitioned yet: run `ig-collector migrate` first")

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from collector import exceptions
-from collector.storage import partitions
+from collector.storage import migrations, partitions
 
 _DAY_S = 86400.0
 # table -> the column whose value is when the row was added (None: does not grow with time).
@@ -60,9 +60,11 @@ class TableSize:
 
 
 async def measure(pool: asyncpg.Pool, now: datetime, *, window_days: int = 7) -> list[TableSize]:
-    """Every collector table, measured at `now` over the last `window_days` days. Raises StorageError."""
+    """Every collector table, measured at `now` over the last `window_days` days. Raises StorageError (one
+    that says to run `migrate` first when the database is not migrated)."""
     try:
         async with pool.acquire() as conn:
+            await migrations.require_applied(conn)
             sizes = [await _measure_table(conn, table, column, now, window_days)
                      for table, column in _TIME_COLUMNS.items()]
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
