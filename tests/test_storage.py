@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector import exceptions, models, redaction, settings
+from collector import exceptions, jobs, models, redaction, settings
 from collector.storage import db, migrations, queries, writer
 
 CLUSTER_TABLES = {"collector_lease", "collector_instance", "collector_token"}  # not counted by table_counts
@@ -25,7 +26,8 @@ EXPECTED_TABLES = {
 # Every migration the code ships, in order: a test that applies them from empty must see all of them.
 ALL_MIGRATIONS = ["001_init", "002_unavailable_current", "003_history_partitioned", "004_cluster",
                   "005_discovered_accounts",
-                  "006_web_indexes"]
+                  "006_web_indexes",
+                  "007_status_reason_comments"]
 
 
 async def tables(conn: asyncpg.Connection) -> set[str]:
@@ -50,6 +52,33 @@ async def test_migrate_from_empty_database(empty_db_dsn: str) -> None:
         assert "Current value" in comment
     finally:
         await conn.close()
+
+
+COLUMN_COMMENT = ("SELECT col_description(c.oid, a.attnum) FROM pg_class c "
+                  "JOIN pg_attribute a ON a.attrelid = c.oid WHERE c.oid = $1::regclass AND a.attname = $2")
+# The values the code can write. ig_account.status: "ok" (a profile read, collector/collect.py), the
+# account-level failures (only an outcome in jobs.ACCOUNT_STATUSES is written to ig_account) and "unlinked"
+# (collector/storage/discovered.py); ig_unavailable.reason: every models.UnavailableReason.
+WRITTEN = {
+    ("ig_account", "status"): {"ok", *jobs.ACCOUNT_STATUSES, "unlinked"},
+    ("ig_unavailable", "reason"): {r.value for r in models.UnavailableReason},
+}
+
+
+@pytest.mark.parametrize(("table", "column"), list(WRITTEN))
+async def test_column_comments_list_exactly_the_values_the_code_writes(
+        pool: asyncpg.Pool, table: str, column: str) -> None:
+    comment = await pool.fetchval(COLUMN_COMMENT, table, column)
+    assert comment.startswith("One of: "), comment
+    listed = comment.removeprefix("One of: ").split(". ")[0].split(", ")
+    assert len(listed) == len(set(listed)) and set(listed) == WRITTEN[table, column]
+
+
+async def test_the_history_comment_names_a_section_of_the_operations_guide(pool: asyncpg.Pool) -> None:
+    comment = await pool.fetchval("SELECT obj_description('ig_media_insight_history'::regclass, 'pg_class')")
+    [section] = re.findall(r'docs/operations\.md, "([^"]+)"', comment)
+    headings = (Path(__file__).parent.parent / "docs" / "operations.md").read_text().splitlines()
+    assert f"## {section}" in headings
 
 
 async def test_concurrent_migrators_apply_once(empty_db_dsn: str) -> None:
