@@ -314,15 +314,19 @@ async def test_send_webhook_script(server: Server) -> None:
     media_id = next(_media_ids)
     env = {**os.environ, "IG_APP_SECRET": APP_SECRET, "IG_WEBHOOK_VERIFY_TOKEN": VERIFY_TOKEN}
 
-    def run(*args: str, secret_env: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(SCRIPT), *args], env=secret_env, capture_output=True,
+    def run(*args: str, secret_env: dict[str, str] = env,
+            interpreter: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*interpreter, str(SCRIPT), *args], env=secret_env, capture_output=True,
                               text=True, timeout=30, check=False)
 
     deliver = await asyncio.to_thread(run, "deliver", server.url, "--ig-user-id", FB_ACCOUNT, "--media-id",
                                       str(media_id), "--metric", "reach=7", "--metric", "views=9")
     assert deliver.returncode == 0, deliver.stdout + deliver.stderr
     assert deliver.stdout.strip() == "200 ok"
+    # Run as the docs show it, and as an executable (its shebang; the standard library only).
     verify = await asyncio.to_thread(run, "verify", server.url)
+    assert verify.returncode == 0 and verify.stdout.startswith("200 ")
+    verify = await asyncio.to_thread(run, "verify", server.url, interpreter=())
     assert verify.returncode == 0 and verify.stdout.startswith("200 ")
     forged = await asyncio.to_thread(run, "deliver", server.url, "--ig-user-id", FB_ACCOUNT, "--media-id",
                                      str(media_id), "--metric", "reach=1",
