@@ -450,8 +450,10 @@ class Collector:
                                    scope=pacific.day_end_utc(day).isoformat())
                     continue
                 failure, body = exc, {"data": exc.partial}
-            values = [v for v in parsing.parse_insight_items(body.get("data") or ())
-                      if v.end_time is not None]
+            # Each value under the end of the Pacific day it closes, as Meta's samples spell it (07:00Z or
+            # 08:00Z), whatever spelling this answer used: the same day is one row, and counts as present.
+            values = [v._replace(end_time=pacific.day_end_utc(pacific.day_closed_by(v.end_time)))
+                      for v in parsing.parse_insight_items(body.get("data") or ()) if v.end_time is not None]
             user_id, now = run.user_id, run.now
             rows: list[models.AccountInsightRow] = [
                 _new_row(models.AccountInsightRow, (user_id, metric, "day", end_time, "", "", value, now))

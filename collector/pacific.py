@@ -37,6 +37,16 @@ def day_end_utc(day: date) -> datetime:
     return day_start_utc(day + timedelta(days=1))
 
 
+@functools.lru_cache(maxsize=1024)
+def day_closed_by(end_time: datetime) -> date:
+    """The Pacific day a daily value's `end_time` closes: the day before the Pacific midnight nearest to it.
+    Meta's samples say 07:00Z in summer and 08:00Z in winter, its docs "periods ending on UTC-07:00" (07:00Z
+    all year); a fake may say 00:00Z. All of them name the same day here (reference §9: build for both)."""
+    local = end_time.astimezone(PACIFIC)
+    midnight = local.date() if local.hour < 12 else local.date() + timedelta(days=1)
+    return midnight - timedelta(days=1)
+
+
 def epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 

@@ -216,6 +216,40 @@ async def test_odd_but_valid_shapes_store_exactly_what_the_plain_simulator_gives
         assert got[name] == expected[name], name
 
 
+@pytest.mark.parametrize("spelling", ["07:00Z all year", "00:00Z"])
+async def test_daily_end_times_spelled_otherwise_name_the_same_days(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
+        pool: asyncpg.Pool, spelling: str) -> None:
+    """Meta's docs say daily periods end "on UTC-07:00" (07:00Z all year), its samples 08:00Z in winter; a
+    fake may end them at 00:00Z. Each value is the same Pacific day's: stored under the same end_time as the
+    plain simulator's, and no day is recorded as having no value."""
+    sim = await frozen_sim(start_simulator, accounts=2, media_per_account=2, seed=46)
+    plain = await run_pass(tmp_path, sim, db_dsn, pool)
+    assert plain.exit_code == 0
+    expected = await snapshot(pool)
+    await wipe(pool)
+    respelled: list[str] = []
+
+    def after(request: web.Request, answer: Answer) -> None:
+        if not request.path.endswith("/insights") or request.query.get("period") != "day":
+            return
+        for item in (answer.body or {}).get("data") or ():
+            for entry in item.get("values") or ():
+                end = pacific.parse_graph_time(entry["end_time"])
+                moved = end.replace(hour=7) if spelling.startswith("07") else end.replace(hour=0)
+                entry["end_time"] = moved.strftime("%Y-%m-%dT%H:%M:%S+0000")
+                respelled.append(entry["end_time"])
+
+    proxy, via_proxy = await proxy_for(sim)
+    proxy.after = after
+    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
+    assert summary.exit_code == 0, summary.accounts_failed
+    assert respelled
+    got = await snapshot(pool)
+    assert got["account_insight"] == expected["account_insight"]
+    assert got["unavailable"] == expected["unavailable"]
+
+
 # -- windows: stricter readings of Meta's rules --------------------------------------------------------------
 
 def insights_of(request: web.Request, metric: str) -> bool:
