@@ -163,7 +163,9 @@ class GraphClient:
         self._state = _State.UNOPENED
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: _Slots | None = None
-        self._known_tokens: set[str] = set()
+        # The token each account's calls were last made with, registered for redaction as that account's
+        # (redaction keeps an account's latest two: refreshed tokens do not pile up in a long-lived daemon).
+        self._token_of: dict[str, str] = {}
         self._version_logged: set[str] = set()
         self._ok_calls: dict[str, Any] = {}  # endpoint -> graph_calls child for 200 (hot path)
         self._targets: dict[tuple[str, bool], _Target] = {}  # (base URL, versioned) -> parsed parts
@@ -315,7 +317,7 @@ class GraphClient:
         assert session is not None and in_flight is not None  # guaranteed by the OPENED state
         host = self._settings.base_url(login)
         query: Mapping[str, str] = params or {}  # the token is added to the URL only (a caller's is replaced)
-        where, url = self._request(host, versioned, path, query, token)
+        where, url = self._request(host, versioned, path, query, token, account_id)
         transient_failures = throttle_failures = 0
         stop, waiting = self._stop, self._waiting
         task = asyncio.current_task()
@@ -386,17 +388,20 @@ class GraphClient:
                                           path=path, query=query)
 
     def _request(self, host: str, versioned: bool, path: str, query: Mapping[str, str],
-                 token: models.Secret | None) -> tuple[str, yarl.URL]:
+                 token: models.Secret | None, account_id: str | None) -> tuple[str, yarl.URL]:
         """(where, url): the token-free name of the request, for messages and logs, and its URL with the
-        token last in the query. The token is registered for redaction on first use."""
+        token last in the query. The token is registered for redaction on first use (as `account_id`'s)."""
         target = self._targets.get((host, versioned)) or self._target(host, versioned)
         where = target.where_prefix + path.lstrip("/")
         secret = token.reveal() if token else None
         if not secret:
             return where, target.url(path, encode_query(query))
-        if secret not in self._known_tokens:
-            self._known_tokens.add(secret)
-            redaction.register_secret(secret)
+        if account_id is None:  # token endpoints: the token is a configured one, or an account's already
+            if not redaction.is_registered(secret):
+                redaction.register_secret(secret)
+        elif self._token_of.get(account_id) != secret:
+            self._token_of[account_id] = secret
+            redaction.register_secret(secret, owner=account_id)
         if "access_token" in query:  # ours replaces a caller's, in its place
             return where, target.url(path, encode_query({**query, "access_token": secret}))
         encoded = encode_query(query)

@@ -6,6 +6,11 @@ Two nets, because either alone leaks:
 - by value: every secret registered at runtime (`register_secret`), wherever it appears, whatever its shape
   (a test token `tok-1234567`, a hex app secret).
 
+A secret registered with an `owner` (an account) is one of that owner's tokens: only its latest
+`KEEP_PER_OWNER` stay registered by value, so a daemon that refreshes 10,000 accounts' tokens every week does
+not keep every token it ever used (~150 MB a year); the ones it drops are no longer in use, and Meta's token
+shapes are masked anyway. Without an owner (configured tokens, app secrets) a secret stays for the process.
+
 `redact` runs in the structlog processor chain on every log event, so it is kept to a few compiled regex
 passes; registered secrets are looked up in a set (O(1) per candidate run), not matched as one huge
 alternation, because a daemon may hold 10,000 account tokens.
@@ -13,6 +18,7 @@ alternation, because a daemon may hold 10,000 account tokens.
 
 from __future__ import annotations
 
+import collections
 import re
 import urllib.parse
 
@@ -36,29 +42,85 @@ _RUN_RE = re.compile(r"[A-Za-z0-9_\-]{6,}")
 _RUN_CHARS = re.compile(r"[A-Za-z0-9_\-]+")
 _MIN_SECRET_CHARS = 6  # shorter values would mask ordinary words and numbers everywhere
 
+KEEP_PER_OWNER = 2  # an owner's current token and the one before it (a call may still carry it)
+
 _run_secrets: set[str] = set()  # secrets made only of run characters: matched by set lookup
 _odd_secrets: list[str] = []  # anything else (spaces, slashes, ...): matched by plain substring search
+_registered: set[str] = set()  # the values registered now (`is_registered`)
+_permanent: set[str] = set()  # ... those registered without an owner
+_owned: dict[str, collections.deque[str]] = {}  # owner -> its latest values, oldest first
+_owner_count: collections.Counter[str] = collections.Counter()  # value -> how many owners hold it
 
 
-def register_secret(value: str) -> None:
+def register_secret(value: str, *, owner: str | None = None) -> None:
     """Mask every later occurrence of `value` (and of its URL-encoded form) in `redact`'s output.
+
+    `owner`: the account the value is a token of; only the owner's latest `KEEP_PER_OWNER` values stay
+    registered. Without one, the value stays registered, unless an owner holds it already (a call that
+    carries an account's token as a parameter: it goes when the owner's newer tokens push it out).
 
     Values shorter than 6 characters are ignored: masking them would garble unrelated text, and no real
     token or secret is that short.
     """
     if len(value) < _MIN_SECRET_CHARS:
         return
-    for form in {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value, safe="")}:
-        if _RUN_CHARS.fullmatch(form):
-            _run_secrets.add(form)
-        elif form not in _odd_secrets:
-            _odd_secrets.append(form)
+    if owner is None:
+        if value not in _owner_count:
+            _permanent.add(value)
+            _add_forms(value)
+        return
+    held = _owned.get(owner)
+    if held is None:
+        held = _owned[owner] = collections.deque()
+    elif value in held:
+        return
+    held.append(value)
+    _owner_count[value] += 1
+    _add_forms(value)
+    if len(held) > KEEP_PER_OWNER:
+        _release(held.popleft())
+
+
+def is_registered(value: str) -> bool:
+    return value in _registered
 
 
 def forget_secrets() -> None:
     """Drop every registered secret (tests use this to stay independent)."""
     _run_secrets.clear()
     _odd_secrets.clear()
+    _registered.clear()
+    _permanent.clear()
+    _owned.clear()
+    _owner_count.clear()
+
+
+def _forms(value: str) -> set[str]:
+    return {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value, safe="")}
+
+
+def _add_forms(value: str) -> None:
+    _registered.add(value)
+    for form in _forms(value):
+        if _RUN_CHARS.fullmatch(form):
+            _run_secrets.add(form)
+        elif form not in _odd_secrets:
+            _odd_secrets.append(form)
+
+
+def _release(value: str) -> None:
+    """One owner let `value` go: unregistered once no owner holds it and it was not registered without one."""
+    _owner_count[value] -= 1
+    if _owner_count[value] > 0:
+        return
+    del _owner_count[value]
+    if value in _permanent:
+        return
+    _registered.discard(value)
+    for form in _forms(value):
+        _run_secrets.discard(form)
+        if form in _odd_secrets:
+            _odd_secrets.remove(form)
 
 
 def _mask_run(match: re.Match[str]) -> str:

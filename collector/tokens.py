@@ -79,12 +79,12 @@ class TokenRecord:
         }
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, object]) -> TokenRecord:
+    def from_json(cls, raw: Mapping[str, object], ig_user_id: str) -> TokenRecord:
         token = raw.get("access_token")
         if token is not None and not isinstance(token, str):
             raise ValueError("access_token is not a string")
         if token:
-            redaction.register_secret(token)
+            redaction.register_secret(token, owner=ig_user_id)
         error = raw.get("last_error")
         first_seen = _parse(raw.get("first_seen_at"))
         if first_seen is None:
@@ -136,7 +136,7 @@ class TokenStore:
             accounts = raw.get("accounts")
             if not isinstance(accounts, dict):
                 raise ValueError("accounts is not an object")
-            self._records = {str(k): TokenRecord.from_json(v) for k, v in accounts.items()}
+            self._records = {str(k): TokenRecord.from_json(v, str(k)) for k, v in accounts.items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise exceptions.ConfigError(f"damaged token store: {exc}", source=str(self.path)) from exc
 
@@ -219,7 +219,7 @@ class TokenStore:
         expires_in = body.get("expires_in")
         if not isinstance(token, str) or not token:
             raise exceptions.GraphApiError("refresh_access_token answered without an access_token")
-        redaction.register_secret(token)
+        redaction.register_secret(token, owner=account.ig_user_id)
         seconds = parsing.positive_number(expires_in)
         expires_at = None if seconds is None else now + timedelta(seconds=seconds)
         current = self.observe(account, now)

@@ -70,3 +70,55 @@ def test_short_values_not_registered() -> None:
 def test_ordinary_text_untouched() -> None:
     text = "(#100) The Media Insights API does not support the EAAB metric for IGAA type."
     assert redaction.redact(text) == text
+
+
+def test_an_owners_latest_tokens_stay_registered_and_older_ones_go() -> None:
+    """A daemon refreshes an account's token every week: only its latest two stay registered by value,
+    so ten thousand accounts' old tokens do not pile up for years (memory), while the one in use and the
+    one before it (a call may still carry it) are masked."""
+    tokens = [f"tok-account-1-gen{n:03d}" for n in range(50)]
+    for token in tokens:
+        redaction.register_secret(token, owner="1")
+    text = " ".join(tokens)
+    out = redaction.redact(text).split()
+    assert out[-2:] == ["***", "***"]
+    assert out[:-2] == tokens[:-2]
+    assert [t for t in tokens if redaction.is_registered(t)] == tokens[-2:]
+
+
+def test_a_secret_registered_without_an_owner_stays() -> None:
+    configured = "tok-configured-123456"
+    redaction.register_secret(configured)  # the config's token
+    for token in (configured, "tok-refreshed-000001", "tok-refreshed-000002", "tok-refreshed-000003"):
+        redaction.register_secret(token, owner="1")
+    assert redaction.redact(configured) == "***"
+    assert redaction.redact("tok-refreshed-000001") == "tok-refreshed-000001"
+
+
+def test_an_owned_secret_used_as_a_parameter_does_not_become_permanent() -> None:
+    old = "tok-refreshed-old-01"
+    redaction.register_secret(old, owner="1")
+    redaction.register_secret(old)  # the refresh call carries it (`get_with_token`): still the owner's
+    redaction.register_secret("tok-refreshed-new-02", owner="1")
+    redaction.register_secret("tok-refreshed-new-03", owner="1")
+    assert not redaction.is_registered(old)
+
+
+def test_a_token_two_accounts_share_stays_while_either_holds_it() -> None:
+    shared = "tok-user-token-shared"
+    redaction.register_secret(shared, owner="1")
+    redaction.register_secret(shared, owner="2")
+    redaction.register_secret("tok-account1-new-01", owner="1")
+    redaction.register_secret("tok-account1-new-02", owner="1")
+    assert redaction.redact(shared) == "***"
+    redaction.register_secret("tok-account2-new-01", owner="2")
+    redaction.register_secret("tok-account2-new-02", owner="2")
+    assert redaction.redact(shared) == shared
+
+
+def test_odd_owned_secrets_are_released_too() -> None:
+    odd = ["secret with space 1", "secret with space 2", "secret with space 3"]
+    for value in odd:
+        redaction.register_secret(value, owner="1")
+    assert redaction.redact(odd[0]) == odd[0]
+    assert redaction.redact(odd[1]) == "***" and redaction.redact(odd[2]) == "***"

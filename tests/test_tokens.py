@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from collector import exceptions, metrics, models, settings, tokens
+from collector import exceptions, metrics, models, redaction, settings, tokens
 
 NOW = datetime(2025, 6, 10, 12, 0, tzinfo=UTC)
 S = settings.ScheduleSettings(token_refresh_after_days=7)
@@ -160,3 +160,27 @@ def test_forget_removed_accounts(tmp_path: Path) -> None:
     store.forget_except([account(2, "IGQ-b").ig_user_id])
     assert store.record(account(1, "IGQ-a").ig_user_id) is None
     assert store.record(account(2, "IGQ-b").ig_user_id) is not None
+
+
+async def test_a_year_of_weekly_refreshes_keeps_only_the_latest_tokens_registered(
+        tmp_path: Path, refresh_server: tuple[RefreshServer, str]) -> None:
+    """Each refreshed token is registered for redaction as its account's: the daemon does not keep every
+    token it was ever given (52 a year per account), only the one in use and the one before it."""
+    redaction.forget_secrets()
+    server, url = refresh_server
+    store = tokens.TokenStore(tmp_path / "state")
+    store.load()
+    acct = account(1, "IGQ-configured")
+    for week in range(52):
+        changed = await refresh(store, [acct], NOW + timedelta(days=7 * week), url)
+        acct = changed.get(acct.ig_user_id, acct)
+    assert len(server.calls) == 52
+    issued = [f"IGQ-refreshed-{n}" for n in range(1, 53)]
+    assert [t for t in issued if redaction.is_registered(t)] == issued[-2:]
+    assert redaction.redact(f"token {issued[-1]} and {issued[-2]}") == "token *** and ***"
+    # A new process reads the store: the token in use is registered again, for its account.
+    redaction.forget_secrets()
+    again = tokens.TokenStore(tmp_path / "state")
+    again.load()
+    assert redaction.is_registered(issued[-1])
+    redaction.forget_secrets()

@@ -69,7 +69,7 @@ class TokenTable:
         except _DB_ERRORS as exc:
             raise exceptions.StorageError(f"cannot read the token table: {exc}") from exc
         for row in rows:
-            self._store.put(row["ig_user_id"], _record(row))
+            self._store.put(row["ig_user_id"], _record(row, row["ig_user_id"]))
 
     async def move_file_in(self) -> int:
         """Move `state_dir/tokens.json` (an earlier version's store) into the table, then rename it to
@@ -104,7 +104,7 @@ class TokenTable:
                 if row is None:
                     yield False  # another instance is refreshing it now
                     return
-                self._store.put(account.ig_user_id, _record(row))
+                self._store.put(account.ig_user_id, _record(row, account.ig_user_id))
                 yield True
                 record = self._store.record(account.ig_user_id)
                 if record is not None:
@@ -113,10 +113,10 @@ class TokenTable:
             raise exceptions.StorageError(f"cannot store a refreshed token: {exc}") from exc
 
 
-def _record(row: asyncpg.Record) -> tokens.TokenRecord:
+def _record(row: asyncpg.Record, ig_user_id: str) -> tokens.TokenRecord:
     token = row["access_token"]
     if token:
-        redaction.register_secret(token)
+        redaction.register_secret(token, owner=ig_user_id)
     return tokens.TokenRecord(
         source_fingerprint=row["source_fingerprint"], first_seen_at=row["first_seen_at"],
         token=models.Secret(token) if token else None, refreshed_at=row["refreshed_at"],
