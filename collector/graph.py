@@ -317,7 +317,7 @@ class GraphClient:
         assert session is not None and in_flight is not None  # guaranteed by the OPENED state
         host = self._settings.base_url(login)
         query: Mapping[str, str] = params or {}  # the token is added to the URL only (a caller's is replaced)
-        where, url = self._request(host, versioned, path, query, token, account_id)
+        where, url = self._request(host, versioned, path, query, token, account_id=account_id)
         transient_failures = throttle_failures = 0
         stop, waiting = self._stop, self._waiting
         task = asyncio.current_task()
@@ -388,7 +388,7 @@ class GraphClient:
                                           path=path, query=query)
 
     def _request(self, host: str, versioned: bool, path: str, query: Mapping[str, str],
-                 token: models.Secret | None, account_id: str | None) -> tuple[str, yarl.URL]:
+                 token: models.Secret | None, *, account_id: str | None) -> tuple[str, yarl.URL]:
         """(where, url): the token-free name of the request, for messages and logs, and its URL with the
         token last in the query. The token is registered for redaction on first use (as `account_id`'s)."""
         target = self._targets.get((host, versioned)) or self._target(host, versioned)
