@@ -14,7 +14,7 @@
     write_config(tmp_path, sim, dsn, accounts_csv=True, sections={"retry": {...}}) -> Path  # config.toml
 
 `start_simulator(**kwargs)`: `accounts`, `media_per_account`, `seed`, `now`, `clock`, `world_knobs`
-(World knobs), and any `api.Options` field (`latency_ms`, `account_budget`, `app_budget`,
+(World knobs), and any `api.Options` field (`latency_ms`, `account_budget`, `app_budget`, `user_budget`,
 `throttle_status`, `faults`, `refresh_min_age_s`, `default_version`). Every simulator started in a test is
 closed after it.
 """

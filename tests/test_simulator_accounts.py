@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 from collector import config, graph, metrics, token_tools
+from collector.simulator import limits
 from tests import fixtures_sim
 
 FIELDS = "instagram_business_account{id,username}"
@@ -124,3 +125,36 @@ async def test_token_checks_report_scope_and_expiry_in_logs_and_metrics(
         ("[[tokens]] #4 (facebook, access_token)", "invalid")}
     for token in (fine, narrow, soon, revoked, directory.app_secret):
         assert token not in exposition + repr(logs)
+
+
+async def test_user_budget_answers_code_17_for_every_account_of_the_user(
+        http: aiohttp.ClientSession, start_simulator: fixtures_sim.StartSimulator) -> None:
+    """`user_budget` counts every call made with a user's tokens, whichever account it is for (and
+    `/me/accounts` too); past it each of them answers code 17 until the block ends. Another user, and the
+    same accounts called with their own tokens, are not limited by it."""
+    sim = await start_simulator(accounts=8, media_per_account=2, world_knobs={"invalid_token_fraction": 0.0},
+                                user_budget=limits.Budget(calls=3, window_s=60, block_s=90),
+                                throttle_status=429, record_arrivals=True)
+    directory = sim.simulator.accounts
+    fb = [a for a in sim.world.accounts() if a.login == "facebook"]
+    token = directory.user_token(directory.add_user([fb[0].ig_user_id, fb[1].ig_user_id]))
+    other = directory.user_token(directory.add_user([fb[2].ig_user_id]))
+    base = f"{sim.base_url}/v24.0"
+    assert (await get(http, f"{base}/{fb[0].ig_user_id}", fields="id", access_token=token))[0] == 200
+    assert (await get(http, f"{base}/{fb[1].ig_user_id}/media", access_token=token))[0] == 200
+    assert (await get(http, f"{base}/me/accounts", fields=FIELDS, access_token=token))[0] == 200
+    for account, path in ((fb[1], "/media"), (fb[0], ""), (fb[0], "/insights")):
+        status, body = await get(http, f"{base}/{account.ig_user_id}{path}", access_token=token)
+        assert (status, body["error"]["code"], body["error"]["message"]) == (
+            429, 17, "(#17) User request limit reached")
+    status, body = await get(http, f"{base}/me/accounts", access_token=token)
+    assert (status, body["error"]["code"]) == (429, 17)
+    # Not the accounts' budgets: the other user's token, and the accounts' own tokens, still go through.
+    assert (await get(http, f"{base}/{fb[2].ig_user_id}", fields="id", access_token=other))[0] == 200
+    assert (await get(http, f"{base}/{fb[0].ig_user_id}", fields="id",
+                      access_token=fb[0].access_token))[0] == 200
+    assert sim.stats.throttled == {"user": 4} and sim.stats.while_blocked == {"user": 3}
+    throttled = [t for tries in sim.stats.arrivals.values() for t in tries if t.outcome == "throttled"]
+    assert sorted(t.ig_user_id for t in throttled) == sorted(  # /me/accounts is for no account: ""
+        [fb[1].ig_user_id, fb[0].ig_user_id, fb[0].ig_user_id, ""])
+    assert token not in repr(sim.stats.snapshot())

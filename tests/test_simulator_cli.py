@@ -1,8 +1,9 @@
 """`python -m collector.simulator` as a real subprocess: announces its port, writes the accounts CSV,
-serves, and exits 0 on SIGTERM."""
+serves, and exits 0 on SIGTERM; its budget flags reach the simulator's options."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import signal
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import aiohttp
+
+from collector.simulator import cli, limits
 
 
 async def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
@@ -35,3 +38,15 @@ async def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+def test_budget_flags_reach_the_options() -> None:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    flags = ["--accounts", "2", "--user-calls", "40", "--user-window-s", "600", "--user-block-s", "30",
+             "--account-calls", "7"]
+    _, options = cli.build(parser.parse_args(flags))
+    assert options.user_budget == limits.Budget(calls=40, window_s=600.0, block_s=30.0)
+    assert options.account_budget == limits.Budget(calls=7, window_s=3600.0, block_s=60.0)
+    _, default = cli.build(parser.parse_args([]))
+    assert default.user_budget == limits.Budget()  # off unless asked for

@@ -5,7 +5,9 @@ Hooked into `api.Simulator` at one point: `Simulator._call` asks `AccountsApi.se
 `serve` answers the requests that are its own (a dict), raises `rules.ApiError`, or returns None to let
 api.py serve the request; a collection call made with a Facebook *user* token (one token, many accounts)
 is authorised here and handed on with the account's own world token, so every insights rule and budget
-of api.py applies to it unchanged.
+of api.py applies to it unchanged. Every call made with a user token (these too) also counts on its
+user's budget (`api.Options.user_budget`, `--user-calls`): past it, the user's calls answer code 17
+`(#17) User request limit reached`, whichever account they are for.
 
     sim.simulator.accounts.add_user(ig_user_ids, pages_without_account=3, scopes=...) -> FacebookUser
     sim.simulator.accounts.user_token(user, short_lived=False, expires_in_s=None) -> str
@@ -172,6 +174,7 @@ class AccountsApi:
         if grant is None:
             return None  # a world token (or garbage): api.py knows what to do with it
         user = self._check(grant, now)
+        req.user = user.user_id  # api.py counts the call on this user's budget too (code 17 past it)
         if parts == ["me"]:
             return {"id": user.user_id, "name": user.name}
         if parts == ["me", "accounts"]:

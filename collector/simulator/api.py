@@ -57,8 +57,10 @@ class Options:
     account_budget: limits.Budget = field(default_factory=limits.Budget)
     app_budget: limits.Budget = field(default_factory=limits.Budget)
     account_budgets: Mapping[str, limits.Budget] = field(default_factory=dict)  # per ig user id, overrides
+    # Per Facebook user (accounts_api), over every call made with its user tokens: code 17 past it.
+    user_budget: limits.Budget = field(default_factory=limits.Budget)
     usage_reporting: limits.Reporting = field(default_factory=limits.Reporting)  # headers late / lagging
-    throttle_status: int = 400  # HTTP status of 80002 / 4 answers (Meta: 400, sometimes 403/429)
+    throttle_status: int = 400  # HTTP status of 80002 / 17 / 4 answers (Meta: 400, sometimes 403/429)
     faults: faults.FaultRates = field(default_factory=faults.FaultRates)
     refresh_min_age_s: float = 86400.0  # §7.3: a token must be ≥ 24 h old to refresh; 0 relaxes it
     record_arrivals: bool = False  # keep every try per request identity in `stats.arrivals` (tests)
@@ -76,7 +78,7 @@ class Outcome:
 class _Request:
     """One Graph call being served."""
 
-    __slots__ = ("base_url", "kind", "method", "params", "parts", "path", "token", "version")
+    __slots__ = ("base_url", "kind", "method", "params", "parts", "path", "token", "user", "version")
 
     def __init__(self, method: str, path: str, params: dict[str, str], base_url: str,
                  default_version: str) -> None:
@@ -87,6 +89,7 @@ class _Request:
         self.method, self.path, self.params, self.parts, self.base_url = method, path, params, parts, base_url
         self.kind = "unknown"
         self.token: world_mod.TokenInfo | None = None
+        self.user: str | None = None  # the Facebook user id when the call came with a user token
 
     def url_for(self, overrides: dict[str, str], drop: tuple[str, ...] = ()) -> str:
         query = {k: v for k, v in self.params.items() if k not in drop}
@@ -132,7 +135,8 @@ class Simulator:
         self.limits = limits.Limits(
             self.options.account_budget, self.options.app_budget, self.options.account_budgets,
             self.options.usage_reporting,
-            app_nominal_calls=limits.NOMINAL_APP_CALLS_PER_USER * max(1, world.account_total))
+            app_nominal_calls=limits.NOMINAL_APP_CALLS_PER_USER * max(1, world.account_total),
+            user=self.options.user_budget)
         self.faults = faults.Faults(world.seed, self.options.faults)
         self.accounts = accounts_api.AccountsApi(world, self._authenticate)
         self.injected = injected.Injections()  # answers forced on chosen calls (tests of error scoping)
@@ -190,11 +194,14 @@ class Simulator:
         code = None
         try:
             body = self.accounts.serve(req, now)  # accounts_api: user tokens, /me/accounts, debug, exchanges
-            if body is None and req.kind == "token":
+            if body is not None:
+                if req.user is not None:  # /me, /me/accounts with a user token: on its user's budget too
+                    self._admit(None, req.user, now)
+            elif req.kind == "token":
                 body = self._token_endpoint(req, now)
-            elif body is None:
+            else:
                 req.token = self._authenticate(req.params.get("access_token"), now)
-                self._admit(req.token.account.ig_user_id, now)
+                self._admit(req.token.account.ig_user_id, req.user, now)
                 action = self.faults.next(request_identity)
                 if action is not None:
                     st.faults[action] += 1
@@ -246,7 +253,7 @@ class Simulator:
 
     def _record(self, req: _Request, request_identity: str, arrived: float, action: str | None,
                 code: int | None) -> None:
-        outcome = action or ("ok" if code is None else "throttled" if code in (4, 80002) else "error")
+        outcome = action or ("ok" if code is None else "throttled" if code in (4, 17, 80002) else "error")
         account = req.token.account.ig_user_id if req.token is not None else ""
         self.stats.arrivals.setdefault(request_identity, []).append(stats.Arrival(arrived, outcome, account))
 
@@ -267,19 +274,27 @@ class Simulator:
             raise rules.ApiError(rules.token_invalid(subcode))
         return info
 
-    def _admit(self, ig_user_id: str, now: float) -> None:
-        lim, st = self.limits, self.stats
-        status = self.options.throttle_status
-        for scope_name, scope, budget, error in (
-            ("app", lim.app, lim.app_budget, rules.app_throttled),
-            ("account", lim.account_scope(ig_user_id), lim.budget_of(ig_user_id), rules.account_throttled),
-        ):
-            was_blocked = scope.blocked_until > now
-            if lim.admit(scope, budget, now) > 0:
-                st.throttled[scope_name] += 1
-                if was_blocked:
-                    st.while_blocked[scope_name] += 1
-                raise rules.ApiError(error(), status=status)
+    def _admit(self, ig_user_id: str | None, user_id: str | None, now: float) -> None:
+        """Count one call on the budgets of its scopes, in this order: the app (a call for an account), the
+        Facebook user of a user token (code 17 past its budget), the account (80002). The first scope over
+        its budget answers the call."""
+        lim = self.limits
+        if ig_user_id is not None:
+            self._admit_scope("app", lim.app, lim.app_budget, rules.app_throttled, now)
+        if user_id is not None:
+            self._admit_scope("user", lim.user_scope(user_id), lim.user_budget, rules.user_throttled, now)
+        if ig_user_id is not None:
+            self._admit_scope("account", lim.account_scope(ig_user_id), lim.budget_of(ig_user_id),
+                              rules.account_throttled, now)
+
+    def _admit_scope(self, name: str, scope: limits.Scope, budget: limits.Budget,
+                     error: Callable[[], rules.Error], now: float) -> None:
+        was_blocked = scope.blocked_until > now
+        if self.limits.admit(scope, budget, now) > 0:
+            self.stats.throttled[name] += 1
+            if was_blocked:
+                self.stats.while_blocked[name] += 1
+            raise rules.ApiError(error(), status=self.options.throttle_status)
 
     # --- objects ------------------------------------------------------------------------------------
 

@@ -50,8 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="disable the observed drift that IMAGE posts reject `shares`")
     world.add_argument("--demographics-timeframe-key", action="store_true")
     budgets = parser.add_argument_group("rate-limit budgets (0 calls = off)")
-    for scope in ("account", "app"):
-        budgets.add_argument(f"--{scope}-calls", type=int, default=0, help="calls per rolling window")
+    for scope in ("account", "app", "user"):
+        help_text = "calls per rolling window" + (
+            " of each Facebook user (POST /__sim/users), over every call made with its user tokens: "
+            "code 17 past it" if scope == "user" else "")
+        budgets.add_argument(f"--{scope}-calls", type=int, default=0, help=help_text)
         budgets.add_argument(f"--{scope}-window-s", type=float, default=3600.0)
         budgets.add_argument(f"--{scope}-block-s", type=float, default=60.0)
     budgets.add_argument("--throttle-status", type=int, default=400, choices=(400, 403, 429))
@@ -85,6 +88,7 @@ def build(args: argparse.Namespace) -> tuple[world_mod.World, api.Options]:
         default_version=args.api_version, latency_ms=args.latency_ms, latency_jitter=args.latency_jitter,
         account_budget=limits.Budget(args.account_calls, args.account_window_s, args.account_block_s),
         app_budget=limits.Budget(args.app_calls, args.app_window_s, args.app_block_s),
+        user_budget=limits.Budget(args.user_calls, args.user_window_s, args.user_block_s),
         throttle_status=args.throttle_status, refresh_min_age_s=args.refresh_min_age_s,
         usage_reporting=limits.Reporting(args.usage_after_calls, args.usage_lag_calls),
         faults=faults.FaultRates(slow_delay_s=args.slow_delay_s, **{

@@ -1,9 +1,11 @@
 """Rate-limit budgets and the usage headers (graph-api.md §6).
 
-One `Scope` per account (Instagram BUC, keyed by the token's IG user id) and one for the app. A budget
-allows `calls` calls per rolling `window_s`; the call that would exceed it is rejected and blocks the scope
-for `block_s`, and every call during the block is rejected too (counted, but it extends nothing: a
-simplification of Meta's "more calls extend the block"). The rolling window is cleared when a block starts.
+One `Scope` per account (Instagram BUC, keyed by the token's IG user id), one per Facebook user (the user
+behind a user token, code 17 "User request limit reached": every account that token reaches shares it)
+and one for the app. A budget allows `calls` calls per rolling `window_s`; the call that would exceed it
+is rejected and blocks the scope for `block_s`, and every call during the block is rejected too (counted,
+but it extends nothing: a simplification of Meta's "more calls extend the block"). The rolling window is
+cleared when a block starts.
 
 With a budget off (calls = 0) nothing is ever rejected, and the headers report usage of a nominal
 budget (`NOMINAL_CALLS` per hour per account, `NOMINAL_APP_CALLS_PER_USER` x accounts for the app, fixed
@@ -12,7 +14,8 @@ windows) so clients always see realistic percentages.
 The usage headers report as Meta does: integer percentages per scope, and optionally (`Reporting`) only
 from a scope's `after_calls`-th answer on (the headers are absent before), and lagging `lag_calls` answers
 behind (each answer reports the usage as it was that many answers of the scope earlier). An answer of a
-blocked scope always reports it (100 % and the regain time), whatever the reporting.
+blocked scope always reports it (100 % and the regain time), whatever the reporting. A user's budget
+has no usage header here: its code 17 comes with the headers of the app and the account as they are.
 """
 
 from __future__ import annotations
@@ -55,15 +58,18 @@ class Scope:
 
 class Limits:
     def __init__(self, account: Budget, app: Budget, overrides: Mapping[str, Budget] | None = None,
-                 reporting: Reporting | None = None, *, app_nominal_calls: int = NOMINAL_CALLS) -> None:
+                 reporting: Reporting | None = None, *, app_nominal_calls: int = NOMINAL_CALLS,
+                 user: Budget | None = None) -> None:
         self.reporting = reporting or Reporting()
         self.app_nominal_calls = app_nominal_calls
         self.account_budget = account
         self.app_budget = app
+        self.user_budget = user or Budget()  # per Facebook user, over every call made with its tokens
         # Per-account budgets (ig user id -> Budget): Meta sizes each account's budget by its impressions.
         self.overrides = dict(overrides or {})
         self.app = Scope()
         self.accounts: dict[str, Scope] = {}
+        self.users: dict[str, Scope] = {}  # Facebook user id -> its scope
 
     def budget_of(self, ig_user_id: str) -> Budget:
         return self.overrides.get(ig_user_id, self.account_budget)
@@ -71,11 +77,18 @@ class Limits:
     def reset(self) -> None:
         self.app = Scope()
         self.accounts.clear()
+        self.users.clear()
 
     def account_scope(self, ig_user_id: str) -> Scope:
         scope = self.accounts.get(ig_user_id)
         if scope is None:
             scope = self.accounts[ig_user_id] = Scope()
+        return scope
+
+    def user_scope(self, user_id: str) -> Scope:
+        scope = self.users.get(user_id)
+        if scope is None:
+            scope = self.users[user_id] = Scope()
         return scope
 
     @staticmethod

@@ -211,6 +211,11 @@ def account_throttled() -> Error:
                  "https://developers.facebook.com/docs/graph-api/overview/rate-limiting.", 80002)
 
 
+def user_throttled() -> Error:
+    """The user behind the access token hit its limit (§6.3, [OBS] wording; no subcode, no is_transient)."""
+    return error("(#17) User request limit reached", 17)
+
+
 def app_throttled() -> Error:
     return error("(#4) Application request limit reached", 4, is_transient=True)
 

@@ -33,7 +33,8 @@ class Stats:
         self.by_kind: collections.Counter[str] = collections.Counter()
         self.by_status: collections.Counter[int] = collections.Counter()
         self.by_code: collections.Counter[int] = collections.Counter()  # Graph error codes
-        # scope ("app" | "account") -> throttle answers; while_blocked: those that arrived during a block
+        # scope ("app" | "user" | "account") -> throttle answers; while_blocked: those that arrived during
+        # a block
         self.throttled: collections.Counter[str] = collections.Counter()
         self.while_blocked: collections.Counter[str] = collections.Counter()
         self.faults: collections.Counter[str] = collections.Counter()
