@@ -3,6 +3,8 @@
 Two kinds of scope, each with its own state:
 - `app`: one per Graph host (the app's platform budget is app-wide; each host has its own limiter);
 - `account`: one per Instagram account (Meta's Instagram BUC budget is per app + account pair).
+A user throttle (code 17: the user behind a token) has no state of its own: the Graph client pauses every
+account whose calls use that token (`pause_accounts`), each until the same moment.
 
 A call passes `Throttle.slot(host, account_id)` before it leaves the process. The slot
 1. waits while the app scope or the account is paused (Meta: "stop calling, every call extends the block"),
@@ -42,7 +44,7 @@ import collections
 import functools
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
@@ -471,10 +473,25 @@ class Throttle:
     def pause(self, scope: Scope, key: str, seconds: float) -> float:
         """Pause `scope` `key` (a host for `app`, an account id for `account`) for `seconds`, capped by
         `pause_cap_s`. Extends a running pause, never shortens it. Returns the pause end (clock time)."""
-        seconds = min(max(seconds, 0.0), self._settings.pause_cap_s)
-        state = self._state(scope, key)
         now = self._clock()
-        until = now + seconds
+        return self._pause(scope, self._state(scope, key), now, now + self._capped(seconds))
+
+    def pause_accounts(self, account_ids: Iterable[str], seconds: float) -> int:
+        """Pause every account of `account_ids` until the same moment, `seconds` (capped) from now: a user
+        throttle (code 17) limits every account whose calls use the user's token. Returns how many."""
+        now = self._clock()
+        until = now + self._capped(seconds)
+        paused = 0
+        for account_id in account_ids:
+            state = self._accounts.get(account_id) or self._new_account(account_id)
+            self._pause("account", state, now, until)
+            paused += 1
+        return paused
+
+    def _capped(self, seconds: float) -> float:
+        return min(max(seconds, 0.0), self._settings.pause_cap_s)
+
+    def _pause(self, scope: Scope, state: _ScopeState, now: float, until: float) -> float:
         if until > state.paused_until:
             if state.paused_until <= now:
                 self._metrics.pauses.labels(scope=scope).inc()

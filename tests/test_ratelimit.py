@@ -149,6 +149,22 @@ def test_pause_extends_never_shortens_and_is_capped() -> None:
     assert counters.total(counters.pauses, scope="account") == 2.0
 
 
+def test_pause_accounts_pauses_each_until_the_same_moment() -> None:
+    """A user throttle (code 17): every account of the token, until one moment; running pauses that end
+    later are kept, and only the accounts not paused yet count as new pauses."""
+    clock = FakeClock()
+    throttle, counters = make(clock, pause_cap_s=600.0)
+    throttle.pause("account", "2", 5.0)
+    throttle.pause("account", "3", 900.0)  # capped: 600
+    assert throttle.pause_accounts(["1", "2", "3"], 60.0) == 3
+    assert [throttle.paused_for_s("account", a) for a in ("1", "2", "3", "4")] == pytest.approx(
+        [60.0, 60.0, 600.0, 0.0])
+    assert counters.total(counters.pauses, scope="account") == 3.0  # 2 and 3 before, 1 now (2 extended)
+    assert throttle.pause_accounts(["4"], 10_000.0) == 1
+    assert throttle.paused_for_s("account", "4") == pytest.approx(600.0)
+    assert throttle.paused_count("account") == 4
+
+
 def test_paused_scopes_gauge_counts_at_scrape_time() -> None:
     clock = FakeClock()
     throttle, counters = make(clock)
