@@ -108,8 +108,11 @@ class Throttled(GraphApiError):
 
     @property
     def scope(self) -> str:
-        """`app` when the whole app is limited (code 4, 341), else `account`."""
-        return "app" if self.code in (4, 341) else "account"
+        """`app` when the whole app is limited (code 4, 341); `user` when the user behind the access token
+        is (code 17: every account whose calls use that token is limited with it); else `account`."""
+        if self.code in (4, 341):
+            return "app"
+        return "user" if self.code == 17 else "account"
 
 
 class TokenInvalid(GraphApiError):

@@ -16,6 +16,14 @@ waits are abandoned at once and the call raises `exceptions.ShutdownRequested`, 
 that would start; only requests already on the wire run to their answer (the caller bounds them with
 `shutdown_grace_s`).
 
+Throttles pause their scope (`Throttled.scope`): the Graph host for an app throttle (4, 341), every
+account whose calls use the token for a user throttle (17: the user behind the token, which with
+Facebook Login often serves many accounts), else the account. For the user scope the client remembers,
+per token, which accounts' calls use it (`_link`): as cheaply as the hot path allows (one dict lookup a
+call, the token's first account as a plain string, a set only once a second account uses it), keyed by
+the token in memory only, and rebuilt as calls go (an account whose token changed is linked to the new one
+only).
+
 Each request's URL is built here once, already percent-encoded, as a `yarl.URL.build(..., encoded=True)`
 from parts cached per host: handing aiohttp a base URL plus a `params` dict made yarl parse and re-quote
 every URL, ~30 µs a call (docs/benchmarks.md). The built URL holds the token; it is never logged, and error
@@ -34,7 +42,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -163,9 +171,13 @@ class GraphClient:
         self._state = _State.UNOPENED
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: _Slots | None = None
-        # The token each account's calls were last made with, registered for redaction as that account's
-        # (redaction keeps an account's latest two: refreshed tokens do not pile up in a long-lived daemon).
-        self._token_of: dict[str, str] = {}
+        # Token -> the accounts whose calls use it: the first one's id, a set once a second one does, None
+        # while only calls for no account (token endpoints, discovery) used it. Each is registered for redaction
+        # on first use: as its accounts' own, or without an owner. The token text is a key here only (in
+        # memory, never logged) ...
+        self._token_accounts: dict[str, str | set[str] | None] = {}
+        # ... and each account's link back is the account's own `Secret` (its repr is `Secret('***')`).
+        self._account_tokens: dict[str, models.Secret] = {}  # account id -> the token its calls use now
         self._version_logged: set[str] = set()
         self._ok_calls: dict[str, Any] = {}  # endpoint -> graph_calls child for 200 (hot path)
         self._targets: dict[tuple[str, bool], _Target] = {}  # (base URL, versioned) -> parsed parts
@@ -384,29 +396,79 @@ class GraphClient:
                 attempt = transient_failures
             else:
                 raise error
-            await self._wait_before_retry(error, attempt, host=host, account_id=account_id, endpoint=endpoint,
-                                          path=path, query=query)
+            await self._wait_before_retry(error, attempt, host=host, account_id=account_id, token=token,
+                                          endpoint=endpoint, path=path, query=query)
 
     def _request(self, host: str, versioned: bool, path: str, query: Mapping[str, str],
                  token: models.Secret | None, *, account_id: str | None) -> tuple[str, yarl.URL]:
         """(where, url): the token-free name of the request, for messages and logs, and its URL with the
-        token last in the query. The token is registered for redaction on first use (as `account_id`'s)."""
+        token last in the query. The token is registered for redaction on first use, and linked to
+        `account_id` (`_link`)."""
         target = self._targets.get((host, versioned)) or self._target(host, versioned)
         where = target.where_prefix + path.lstrip("/")
-        secret = token.reveal() if token else None
-        if not secret:
+        if token is None or not (secret := token.reveal()):
             return where, target.url(path, encode_query(query))
-        if account_id is None:  # token endpoints: the token is a configured one, or an account's already
-            if not redaction.is_registered(secret):
-                redaction.register_secret(secret)
-        elif self._token_of.get(account_id) != secret:
-            self._token_of[account_id] = secret
-            redaction.register_secret(secret, owner=account_id)
+        # The hot path: the token is known and this account is its only one (or the call is for no account
+        # and so is the token's link). Anything else (a new token, a new account of it, a shared token) is
+        # `_link`'s.
+        linked = self._token_accounts.get(secret, _UNSEEN)
+        if linked != account_id:
+            self._link(token, account_id, linked)
         if "access_token" in query:  # ours replaces a caller's, in its place
             return where, target.url(path, encode_query({**query, "access_token": secret}))
         encoded = encode_query(query)
         tail = f"access_token={_quote(secret)}"
         return where, target.url(path, f"{encoded}&{tail}" if encoded else tail)
+
+    def _link(self, token: models.Secret, account_id: str | None, linked: object) -> None:
+        """Remember that `account_id`'s calls use `token` (`linked`: what is remembered for it so far,
+        `_UNSEEN` for a token never used). An account is linked to the token of its latest call only:
+        when its token changes (a refresh, a reload, a discovery), its link to the old token goes, and a token
+        no account uses any more is forgotten. Accounts removed from the config keep their last link (as
+        they keep their `Throttle` state): the links stay bounded by the accounts the process has known."""
+        accounts, secret = self._token_accounts, token.reveal()
+        if linked is _UNSEEN:
+            if account_id is None and not redaction.is_registered(secret):
+                redaction.register_secret(secret)  # a token of no account's calls: for the process
+            accounts[secret] = account_id
+        elif account_id is None:
+            return  # a call for no account of a token accounts use: nothing to remember
+        elif isinstance(linked, set):
+            if account_id in linked:
+                return
+            linked.add(account_id)
+        elif linked is None:
+            accounts[secret] = account_id
+        else:  # a second account uses this token: a set from now on
+            accounts[secret] = {cast(str, linked), account_id}
+        if account_id is None:
+            return
+        previous = self._account_tokens.get(account_id)
+        self._account_tokens[account_id] = token
+        if previous != token:
+            # The account's own token: redaction keeps each account's latest two, so a daemon's refreshed
+            # tokens do not pile up (a configured one stays registered for the process anyway).
+            redaction.register_secret(secret, owner=account_id)
+        if previous is not None and previous != token:
+            self._unlink(previous.reveal(), account_id)
+
+    def _unlink(self, secret: str, account_id: str) -> None:
+        """`account_id`'s calls no longer use the token `secret`."""
+        linked = self._token_accounts.get(secret)
+        if isinstance(linked, set):
+            linked.discard(account_id)
+            if len(linked) == 1:
+                self._token_accounts[secret] = next(iter(linked))
+        elif linked == account_id:
+            del self._token_accounts[secret]  # registered for redaction still; linked again if used again
+
+    def _accounts_of(self, token: models.Secret | None, account_id: str | None) -> set[str]:
+        """The accounts whose calls use `token` (a user throttle's scope), with `account_id` in any case."""
+        linked = self._token_accounts.get(token.reveal()) if token else None
+        accounts = set(linked) if isinstance(linked, set) else {linked} if linked is not None else set()
+        if account_id is not None:
+            accounts.add(account_id)
+        return accounts
 
     def _ok_child(self, endpoint: str) -> Any:
         """The graph_calls child for a 200 of `endpoint`, looked up once (the hot path reuses it)."""
@@ -415,25 +477,32 @@ class GraphClient:
         return child
 
     async def _wait_before_retry(self, error: exceptions.GraphError, attempt: int, *, host: str,
-                                 account_id: str | None, endpoint: str, path: str,
-                                 query: Mapping[str, str]) -> None:
+                                 account_id: str | None, token: models.Secret | None, endpoint: str,
+                                 path: str, query: Mapping[str, str]) -> None:
         """Wait (or pause the scope) before retry `attempt` of a throttled or transient failure; raises
         `error` when the retry policy gives up."""
         wait_s = self._retry.decide(error, attempt, self._rand())
         if isinstance(error, exceptions.Throttled):
-            self._metrics.throttles.labels(scope=error.scope, code=str(error.code)).inc()
+            scope = error.scope
+            self._metrics.throttles.labels(scope=scope, code=str(error.code)).inc()
             if wait_s is None:
                 raise error
-            scope: ratelimit.Scope = "app" if error.scope == "app" else "account"
-            key = host if scope == "app" else account_id
-            if key is not None:
-                # The pause, not a sleep here, holds this call: every call of the scope waits with it.
-                self._throttle.pause(scope, key, wait_s)
+            # The pause, not a sleep here, holds this call: every call of the scope waits with it.
+            accounts_paused: int | None = None  # None: the app scope (every account of the host)
+            if scope == "app":
+                self._throttle.pause("app", host, wait_s)
+            elif scope == "user":  # every account whose calls use this token, until the same moment
+                accounts_paused = self._throttle.pause_accounts(self._accounts_of(token, account_id), wait_s)
+            elif account_id is not None:
+                accounts_paused = self._throttle.pause_accounts((account_id,), wait_s)
+            else:
+                accounts_paused = 0
             self._metrics.graph_retries.labels(reason="throttled").inc()
             _log.warning("graph_throttled", account=account_id, scope=scope, code=error.code,
                          wait_s=round(wait_s, 3), attempt=attempt, endpoint=endpoint,
-                         regain_s=error.regain_s, path=path, params=_loggable(query))
-            if key is None:
+                         accounts_paused=accounts_paused, regain_s=error.regain_s, path=path,
+                         params=_loggable(query))
+            if scope != "app" and account_id is None:  # a call for no account: no pause holds it
                 await self._sleep(wait_s)
             return
         if wait_s is None:
@@ -547,6 +616,7 @@ def client_for(config: settings.Config, counters: metrics.Metrics, *,
 
 
 _UNREADABLE = object()  # a 2xx body that is not JSON (stands in for the decoded value)
+_UNSEEN = object()  # a token never used before (`GraphClient._token_accounts` has no entry for it)
 _REDUCE_DATA = re.compile(r"reduce the amount of data", re.IGNORECASE)
 _LIMIT_REFUSED = re.compile(r"\blimit\b", re.IGNORECASE)
 

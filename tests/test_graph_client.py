@@ -5,6 +5,7 @@ from the server's view, and that tokens never reach exceptions or logs."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -398,6 +399,74 @@ async def test_app_throttle_pauses_the_whole_host(fake: tuple[FakeGraph, str]) -
     assert server.paths(path)[1].at >= throttle_at + 2.0
     assert server.paths("/v24.0/1002")[0].at >= throttle_at + 2.0
     assert rig.metrics.total(rig.metrics.throttles, scope="app", code="4") == 1.0
+
+
+TOKEN_USER = "tok-U-0123456789abcdef"  # a Facebook user token serving three Pages' accounts
+TOKEN_USER_NEW = "tok-V-0123456789abcdef"
+TOKEN_OWN = "tok-C-0123456789abcdef"
+USER_ACCOUNTS = [models.Account(f"300{i}", "facebook", models.Secret(TOKEN_USER), f"user {i}")
+                 for i in (1, 2, 3)]
+OWN_ACCOUNT = models.Account("3009", "facebook", models.Secret(TOKEN_OWN), "own token")
+
+
+async def test_user_throttle_pauses_every_account_of_the_token(fake: tuple[FakeGraph, str]) -> None:
+    server, base = fake
+    first, second, third = USER_ACCOUNTS
+    path = "/fb/v24.0/3001/media"
+    server.on(path, graph_error(400, "(#17) User request limit reached", 17))
+    rig = make_rig(server, base, throttle_base_delay_s=0.5, pause_cap_s=2.0)  # rand 1.0: a 1-s pause
+    with structlog.testing.capture_logs() as logs:
+        async with rig.client as client:
+            for account in (*USER_ACCOUNTS, OWN_ACCOUNT):  # every account has called with its token
+                await client.get(account, account.ig_user_id, endpoint="profile")
+            throttled = asyncio.create_task(client.get(first, "3001/media", endpoint="media"))
+            while not server.paths(path):  # the 17 answer: every account of the token is paused
+                await asyncio.sleep(0.01)
+            held = [asyncio.create_task(client.get(account, f"{account.ig_user_id}/x", endpoint="media"))
+                    for account in (second, third)]
+            await asyncio.gather(*(client.get(OWN_ACCOUNT, f"3009/m{i}", endpoint="media") for i in range(5)))
+            # The account with its own token went through while the token's three accounts stay paused.
+            assert all(rig.throttle.paused_for_s("account", a.ig_user_id) > 0 for a in USER_ACCOUNTS)
+            assert rig.throttle.paused_for_s("account", OWN_ACCOUNT.ig_user_id) == 0
+            assert not [h for h in server.hits if h.path.endswith("/x")]
+            await asyncio.gather(throttled, *held)
+    throttle_at = server.paths(path)[0].at
+    later = [h for h in server.hits if h.at > throttle_at and not h.path.startswith("/fb/v24.0/3009")]
+    assert sorted(h.path for h in later) == ["/fb/v24.0/3001/media", "/fb/v24.0/3002/x", "/fb/v24.0/3003/x"]
+    assert min(h.at for h in later) >= throttle_at + 1.0  # none before the pause ended
+    events = [e for e in logs if e["event"] == "graph_throttled"]
+    assert len(events) == 1
+    assert {k: events[0][k] for k in ("account", "scope", "code", "wait_s", "accounts_paused")} == {
+        "account": "3001", "scope": "user", "code": 17, "wait_s": 1.0, "accounts_paused": 3}
+    shown = repr(logs) + rig.metrics.exposition().decode()
+    assert TOKEN_USER not in shown and TOKEN_OWN not in shown
+    assert rig.metrics.total(rig.metrics.throttles, scope="user", code="17") == 1.0
+    assert rig.metrics.total(rig.metrics.pauses, scope="account") == 3.0
+
+
+async def test_user_throttle_leaves_out_an_account_whose_token_changed(fake: tuple[FakeGraph, str]) -> None:
+    """An account linked to a token is linked to the token of its latest call only: once its token changed
+    (refresh, reload), a 17 on the old token no longer pauses it; a token stays a plain id until a second
+    account uses it, and a token no account uses any more is forgotten."""
+    server, base = fake
+    first, second, third = USER_ACCOUNTS
+    moved = dataclasses.replace(second, access_token=models.Secret(TOKEN_USER_NEW))
+    server.on("/fb/v24.0/3001", graph_error(400, "(#17) User request limit reached", 17))
+    rig = make_rig(server, base, throttle_base_delay_s=0.5, pause_cap_s=2.0)
+    async with rig.client as client:
+        await client.get(second, "3002", endpoint="profile")
+        await client.get(third, "3003", endpoint="profile")
+        await client.get(moved, "3002", endpoint="profile")  # its token changed: linked to the new one
+        assert client._token_accounts == {TOKEN_USER: "3003", TOKEN_USER_NEW: "3002"}
+        await client.get(first, "3001", endpoint="profile")  # answered 17, paused, then answered
+        assert rig.throttle.paused_for_s("account", "3002") == 0
+        assert rig.metrics.total(rig.metrics.pauses, scope="account") == 2.0  # 3001 and 3003
+        assert client._token_accounts == {TOKEN_USER: {"3001", "3003"}, TOKEN_USER_NEW: "3002"}
+        await client.get(dataclasses.replace(third, access_token=models.Secret(TOKEN_USER_NEW)), "3003",
+                         endpoint="profile")
+        await client.get(dataclasses.replace(first, access_token=models.Secret(TOKEN_USER_NEW)), "3001",
+                         endpoint="profile")
+        assert client._token_accounts == {TOKEN_USER_NEW: {"3001", "3002", "3003"}}
 
 
 async def test_throttle_gives_up_after_throttle_max_attempts(fake: tuple[FakeGraph, str]) -> None:

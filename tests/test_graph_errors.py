@@ -21,7 +21,7 @@ def envelope(message: str, code: int, *, subcode: int | None = None, type_: str 
 
 THROTTLES = [
     (4, "(#4) Application request limit reached", "app"),
-    (17, "(#17) User request limit reached", "account"),
+    (17, "(#17) User request limit reached", "user"),
     (32, "(#32) Page request limit reached", "account"),
     (613, "(#613) Calls to this api have exceeded the rate limit.", "account"),
     (341, "(#341) Application limit reached", "app"),

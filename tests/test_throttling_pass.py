@@ -5,6 +5,8 @@
   no call is retried before its backoff ended.
 - An app-level throttle (code 4) pauses the whole host; every account resumes afterwards.
 - One account paused does not hold up the others (by counts: they complete while it stays paused).
+- A user throttle (code 17) on a Facebook user token pauses every account whose calls use that token, and
+  no account with another token.
 
 Retry timing is checked from both sides: the simulator records when each try of each request identity
 arrived (`Options(record_arrivals=True)`), the client logs each retry decision (`graph_retry` /
@@ -19,6 +21,7 @@ production the cap stays at its default (an hour): Meta's estimate is the only s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections import defaultdict
@@ -53,6 +56,7 @@ class RetryEvent:
     event: str
     identity: str  # faults.identity of the request: the simulator's key for its tries
     wait_s: float
+    fields: dict[str, Any]  # the whole event (scope, code, accounts_paused, ...)
 
 
 @pytest.fixture
@@ -64,7 +68,7 @@ def retry_events() -> Iterator[list[RetryEvent]]:
         if event_dict.get("event") in RETRY_EVENTS:
             events.append(RetryEvent(time.monotonic(), event_dict["event"],
                                      faults.identity("GET", event_dict["path"], event_dict["params"]),
-                                     event_dict["wait_s"]))
+                                     event_dict["wait_s"], dict(event_dict)))
         raise structlog.DropEvent
 
     previous = structlog.get_config()
@@ -349,6 +353,65 @@ async def test_one_paused_account_does_not_hold_up_the_others(
     for account_id in others:  # every job of every other account completed during the hot one's pause
         assert all(states.get((account_id, job.value)) is not None for job in passes.PASS_JOBS), account_id
     assert not all(states.get((hot, job.value)) is not None for job in passes.PASS_JOBS)
+
+
+async def test_user_throttle_pauses_every_account_of_the_token_and_no_other(
+        tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, db_dsn: str, pool: asyncpg.Pool,
+        retry_events: list[RetryEvent]) -> None:
+    """Code 17 means the user behind the token hit its limit: every account whose calls use that Facebook user
+    token is paused with the account that got it (Meta: more calls extend the block), the accounts with
+    their own tokens go on, and nothing is lost once the pauses end."""
+    sim = await start_simulator(accounts=4, media_per_account=4, seed=17, world_knobs=WORLD_KNOBS,
+                                record_arrivals=True,
+                                # 20 calls of the user per minute, then a 1-s block (the window starts over).
+                                user_budget=limits.Budget(calls=20, window_s=60.0, block_s=1.0))
+    directory = sim.simulator.accounts
+    shared = [a for a in sim.accounts() if a.login == "facebook"]
+    others = [a for a in sim.accounts() if a.login != "facebook"]
+    assert len(shared) == 2 and len(others) == 2
+    token = directory.user_token(directory.add_user([a.ig_user_id for a in shared]))
+    configured = [dataclasses.replace(a, access_token=token) if a in shared else a for a in sim.accounts()]
+    path = fixtures_sim.write_config(tmp_path, sim, db_dsn, accounts=configured, sections={
+        "collect": {"account_backfill_days": BACKFILL_DAYS, "media_max_age_days": 90},
+        # One connection: when a 17 comes back no other request is on the wire, so "no call during the
+        # pause" is exact, not "at most the calls already sent".
+        "graph": {"max_concurrency": 1},
+        # Code 17 comes without a regain estimate: the pause is the throttle backoff, [1 s, 2 s] at first,
+        # never shorter than the simulated block.
+        "rate_limit": {"pause_cap_s": 5.0},
+        "retry": {"throttle_base_delay_s": 1.0},
+    })
+    started_s = sim.world.clock()
+    counters = metrics.Metrics()
+    summary = await passes.run_pass(config.load(path), pool, stop=asyncio.Event(), metrics=counters)
+    snap = sim.stats.snapshot()
+    assert summary.exit_code == 0 and summary.jobs_failed == 0, summary.as_dict()
+    await assert_everything_stored_once(pool, sim.world, started_s)
+    assert_ok_once(sim.stats.arrivals)
+    assert snap["throttled"].get("user", 0) >= 1, snap
+    assert set(snap["throttled"]) == {"user"}, snap
+    assert snap["while_blocked"].get("user", 0) == 0, snap  # no call of the user reached its block
+    assert_no_early_retry(sim.stats.arrivals, retry_events)
+
+    shared_ids = {a.ig_user_id for a in shared}
+    other_ids = {a.ig_user_id for a in others}
+    tries = sorted((t for ts in sim.stats.arrivals.values() for t in ts), key=lambda t: t.at)
+    throttles = sorted((e for e in retry_events if e.event == "graph_throttled"), key=lambda e: e.at)
+    assert throttles and len(throttles) == snap["throttled"]["user"]
+    for throttle in throttles:
+        assert (throttle.fields["scope"], throttle.fields["code"], throttle.fields["accounts_paused"]) == (
+            "user", 17, 2)
+        assert throttle.fields["account"] in shared_ids
+        assert token not in repr(throttle.fields)
+        during = [t for t in tries if throttle.at < t.at < throttle.at + throttle.wait_s]
+        # After the 17, no call of ANY account of the token reached the simulator until the pause ended ...
+        assert not [t for t in during if t.ig_user_id in shared_ids], during
+    # ... while the accounts with their own tokens were not paused: they made calls during the first pause.
+    first = throttles[0]
+    assert {t.ig_user_id for t in tries if first.at < t.at < first.at + first.wait_s} & other_ids
+    assert {t.ig_user_id for t in tries if t.at >= first.at + first.wait_s} >= shared_ids  # both resumed
+    assert counters.total(counters.throttles, scope="user", code="17") == len(throttles)
+    assert counters.total(counters.throttles, scope="account") == 0
 
 
 async def test_progress_shows_the_scopes_their_budget_holds_back(
