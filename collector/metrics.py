@@ -21,8 +21,9 @@ class Metrics:
         self.graph_retries = prom.Counter(
             "ig_collector_graph_retries", "Graph API calls retried, by reason", ["reason"], registry=r)
         self.throttles = prom.Counter(
-            "ig_collector_throttles", "Throttling answers from Meta, by scope and Graph code",
-            ["scope", "code"], registry=r)
+            "ig_collector_throttles",
+            "Throttling answers from Meta, by scope (app, user, account) and Graph code", ["scope", "code"],
+            registry=r)
         self.pauses = prom.Counter(
             "ig_collector_pauses", "Pauses imposed on a scope (app or account)", ["scope"], registry=r)
         self.paused_scopes = prom.Gauge(
