@@ -172,9 +172,9 @@ class GraphClient:
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: _Slots | None = None
         # Token -> the accounts whose calls use it: the first one's id, a set once a second one does, None
-        # while only calls for no account (token endpoints, discovery) used it. Each is registered for redaction
-        # on first use: as its accounts' own, or without an owner. The token text is a key here only (in
-        # memory, never logged) ...
+        # while only calls for no account (token endpoints, discovery) used it. Each is registered for
+        # redaction on first use: as its accounts' own, or without an owner. The token text is a key here
+        # only (in memory, never logged) ...
         self._token_accounts: dict[str, str | set[str] | None] = {}
         # ... and each account's link back is the account's own `Secret` (its repr is `Secret('***')`).
         self._account_tokens: dict[str, models.Secret] = {}  # account id -> the token its calls use now
