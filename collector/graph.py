@@ -171,11 +171,12 @@ class GraphClient:
         self._state = _State.UNOPENED
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: _Slots | None = None
-        # Token -> the accounts whose calls use it: the first one's id, a set once a second one does, None
-        # while only calls for no account (token endpoints, discovery) used it. Each is registered for
+        # Token -> the accounts whose calls use it: the first one's id, a set once a second one does. A token
+        # only calls for no account used (token endpoints, discovery) is not kept: every token refresh makes
+        # one (the refreshed token), and each would stay for the process. Each token is registered for
         # redaction on first use: as its accounts' own, or without an owner. The token text is a key here
         # only (in memory, never logged) ...
-        self._token_accounts: dict[str, str | set[str] | None] = {}
+        self._token_accounts: dict[str, str | set[str]] = {}
         # ... and each account's link back is the account's own `Secret` (its repr is `Secret('***')`).
         self._account_tokens: dict[str, models.Secret] = {}  # account id -> the token its calls use now
         self._version_logged: set[str] = set()
@@ -408,9 +409,8 @@ class GraphClient:
         where = target.where_prefix + path.lstrip("/")
         if token is None or not (secret := token.reveal()):
             return where, target.url(path, encode_query(query))
-        # The hot path: the token is known and this account is its only one (or the call is for no account
-        # and so is the token's link). Anything else (a new token, a new account of it, a shared token) is
-        # `_link`'s.
+        # The hot path: the token is known and this account is its only one. Anything else (a new token, a
+        # new account of it, a shared token, a call for no account) is `_link`'s.
         linked = self._token_accounts.get(secret, _UNSEEN)
         if linked != account_id:
             self._link(token, account_id, linked)
@@ -422,27 +422,26 @@ class GraphClient:
 
     def _link(self, token: models.Secret, account_id: str | None, linked: object) -> None:
         """Remember that `account_id`'s calls use `token` (`linked`: what is remembered for it so far,
-        `_UNSEEN` for a token never used). An account is linked to the token of its latest call only:
-        when its token changes (a refresh, a reload, a discovery), its link to the old token goes, and a token
-        no account uses any more is forgotten. Accounts removed from the config keep their last link (as
+        `_UNSEEN` for a token no account's calls use). An account is linked to the token of its latest call
+        only: when its token changes (a refresh, a reload, a discovery), its link to the old token goes, and a
+        token no account uses any more is forgotten. Accounts removed from the config keep their last link (as
         they keep their `Throttle` state): the links stay bounded by the accounts the process has known."""
         accounts, secret = self._token_accounts, token.reveal()
-        if linked is _UNSEEN:
-            if account_id is None and not redaction.is_registered(secret):
+        if account_id is None:
+            # A call for no account: nothing to link. A token no account's calls used is not remembered
+            # either (a refresh's token may never be: another instance collects the account, or the account
+            # is refreshed again first), so such calls come through here each time; they are few.
+            if linked is _UNSEEN and not redaction.is_registered(secret):
                 redaction.register_secret(secret)  # a token of no account's calls: for the process
+            return
+        if linked is _UNSEEN:
             accounts[secret] = account_id
-        elif account_id is None:
-            return  # a call for no account of a token accounts use: nothing to remember
         elif isinstance(linked, set):
             if account_id in linked:
                 return
             linked.add(account_id)
-        elif linked is None:
-            accounts[secret] = account_id
         else:  # a second account uses this token: a set from now on
             accounts[secret] = {cast(str, linked), account_id}
-        if account_id is None:
-            return
         previous = self._account_tokens.get(account_id)
         self._account_tokens[account_id] = token
         if previous != token:

@@ -469,6 +469,28 @@ async def test_user_throttle_leaves_out_an_account_whose_token_changed(fake: tup
         assert client._token_accounts == {TOKEN_USER_NEW: {"3001", "3002", "3003"}}
 
 
+async def test_tokens_only_calls_for_no_account_used_are_not_remembered(fake: tuple[FakeGraph, str]) -> None:
+    """Each token refresh is a call for no account carrying the token, and brings a new token that this
+    process's account calls may never use (another instance collects the account, or it is refreshed again
+    first): however many tokens were refreshed, the links stay bounded by the accounts."""
+    server, base = fake
+    rig = make_rig(server, base)
+    async with rig.client as client:
+        token = ACCOUNT_A.access_token
+        await client.get(ACCOUNT_A, "1001", endpoint="profile")
+        for i in range(200):
+            await client.get_with_token("instagram", token, "refresh_access_token",
+                                        {"grant_type": "ig_refresh_token"}, versioned=False)
+            token = models.Secret(f"tok-R-{i:04d}-0123456789abcdef")  # the answer's new token ...
+            redaction.register_secret(token.reveal(), owner="1001")  # ... registered as TokenStore does
+            if i % 50 == 49:  # now and then the account's calls move to the newest token
+                moved = dataclasses.replace(ACCOUNT_A, access_token=token)
+                await client.get(moved, "1001", endpoint="profile")
+        assert client._token_accounts == {token.reveal(): "1001"}
+        assert client._account_tokens == {"1001": token}
+    assert len(server.paths("/refresh_access_token")) == 200
+
+
 async def test_throttle_gives_up_after_throttle_max_attempts(fake: tuple[FakeGraph, str]) -> None:
     server, base = fake
     path = "/v24.0/1001"
