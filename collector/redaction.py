@@ -46,8 +46,7 @@ KEEP_PER_OWNER = 2  # an owner's current token and the one before it (a call may
 
 _run_secrets: set[str] = set()  # secrets made only of run characters: matched by set lookup
 _odd_secrets: list[str] = []  # anything else (spaces, slashes, ...): matched by plain substring search
-_registered: set[str] = set()  # the values registered now (`is_registered`)
-_permanent: set[str] = set()  # ... those registered without an owner
+_permanent: set[str] = set()  # values registered without an owner
 # owner -> its latest values, oldest first (a list: a deque costs ~600 bytes, times 10,000 accounts)
 _owned: dict[str, list[str]] = {}
 _owner_count: collections.Counter[str] = collections.Counter()  # value -> how many owners hold it
@@ -83,14 +82,13 @@ def register_secret(value: str, *, owner: str | None = None) -> None:
 
 
 def is_registered(value: str) -> bool:
-    return value in _registered
+    return value in _permanent or value in _owner_count
 
 
 def forget_secrets() -> None:
     """Drop every registered secret (tests use this to stay independent)."""
     _run_secrets.clear()
     _odd_secrets.clear()
-    _registered.clear()
     _permanent.clear()
     _owned.clear()
     _owner_count.clear()
@@ -101,7 +99,6 @@ def _forms(value: str) -> set[str]:
 
 
 def _add_forms(value: str) -> None:
-    _registered.add(value)
     for form in _forms(value):
         if _RUN_CHARS.fullmatch(form):
             _run_secrets.add(form)
@@ -117,7 +114,6 @@ def _release(value: str) -> None:
     del _owner_count[value]
     if value in _permanent:
         return
-    _registered.discard(value)
     for form in _forms(value):
         _run_secrets.discard(form)
         if form in _odd_secrets:
