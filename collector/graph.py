@@ -448,8 +448,8 @@ class GraphClient:
             # The account's own token: redaction keeps each account's latest two, so a daemon's refreshed
             # tokens do not pile up (a configured one stays registered for the process anyway).
             redaction.register_secret(secret, owner=account_id)
-        if previous is not None and previous != token:
-            self._unlink(previous.reveal(), account_id)
+            if previous is not None:
+                self._unlink(previous.reveal(), account_id)
 
     def _unlink(self, secret: str, account_id: str) -> None:
         """`account_id`'s calls no longer use the token `secret`."""

@@ -483,8 +483,7 @@ class Throttle:
         until = now + self._capped(seconds)
         paused = 0
         for account_id in account_ids:
-            state = self._accounts.get(account_id) or self._new_account(account_id)
-            self._pause("account", state, now, until)
+            self._pause("account", self._state("account", account_id), now, until)
             paused += 1
         return paused
 
