@@ -56,6 +56,12 @@ _LAST_30_DAYS = re.compile(r"last \d+ days", re.IGNORECASE)
 # Withheld from accounts under 100 followers (or 100 engagements, for the engaged audience), reference §2.5.
 _THRESHOLD_GATED = catalogue.NEEDS_100_FOLLOWERS | {"engaged_audience_demographics"}
 
+
+def _withheld(metric: str, followers: int | None) -> bool:
+    """Whether Meta may withhold `metric` from an account with `followers` (under 100, reference §2.5)."""
+    return metric in _THRESHOLD_GATED and followers is not None and followers < 100
+
+
 class Collector:
     """Runs jobs for accounts. One per process; safe to use from many tasks at once."""
 
@@ -496,8 +502,7 @@ class Collector:
         failure: exceptions.GraphError | None = None
         record = functools.partial(jobs.scoped, absent, scope)
         while True:
-            gated = {m: self._absent_reason(m, followers) for m in metrics
-                     if m in _THRESHOLD_GATED and followers is not None and followers < 100}
+            gated = {m: self._absent_reason(m, followers) for m in metrics if _withheld(m, followers)}
             try:
                 items = await self._insights_dropping_unsupported(
                     run.account, run.account.ig_user_id, metrics, params=params, key=key, record=record,
@@ -650,10 +655,9 @@ class Collector:
         Meta documents an empty data set for that; the error it may send instead is unknown (reference
         §2.5), so any permanent refusal of a follower-gated metric of such an account counts, and is
         neither a failure nor something learned about the metric for the other accounts."""
-        return (metric in _THRESHOLD_GATED and followers is not None and followers < 100
-                and jobs.permanent(error) and not isinstance(error, exceptions.ObjectNotFound
-                                                             | exceptions.RangeTooLong
-                                                             | exceptions.MetricTypeRequired))
+        return (_withheld(metric, followers) and jobs.permanent(error)
+                and not isinstance(error, exceptions.ObjectNotFound | exceptions.RangeTooLong
+                                   | exceptions.MetricTypeRequired))
 
     def _absent_reason(self, metric: str, followers: int | None) -> str:
         if metric in catalogue.NEEDS_100_FOLLOWERS and followers is not None and followers < 100:
