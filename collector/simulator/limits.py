@@ -80,16 +80,10 @@ class Limits:
         self.users.clear()
 
     def account_scope(self, ig_user_id: str) -> Scope:
-        scope = self.accounts.get(ig_user_id)
-        if scope is None:
-            scope = self.accounts[ig_user_id] = Scope()
-        return scope
+        return _scope(self.accounts, ig_user_id)
 
     def user_scope(self, user_id: str) -> Scope:
-        scope = self.users.get(user_id)
-        if scope is None:
-            scope = self.users[user_id] = Scope()
-        return scope
+        return _scope(self.users, user_id)
 
     @staticmethod
     def admit(scope: Scope, budget: Budget, now: float) -> float:
@@ -158,3 +152,10 @@ class Limits:
         pct, regain_min = reported
         return {ig_user_id: [{"type": "instagram", "call_count": pct, "total_cputime": pct // 2,
                               "total_time": pct * 3 // 4, "estimated_time_to_regain_access": regain_min}]}
+
+
+def _scope(scopes: dict[str, Scope], key: str) -> Scope:
+    scope = scopes.get(key)
+    if scope is None:
+        scope = scopes[key] = Scope()
+    return scope
