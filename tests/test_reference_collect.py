@@ -135,6 +135,30 @@ async def wipe(pool: asyncpg.Pool) -> None:
     await pool.execute(f"TRUNCATE {', '.join(DATA_TABLES)}")
 
 
+async def plain_snapshot(tmp_path: Path, sim: fixtures_sim.RunningSimulator, dsn: str,
+                         pool: asyncpg.Pool) -> dict[str, set[tuple[Any, ...]]]:
+    """What a pass over the plain simulator stores (the expectation a pass through the proxy is held to);
+    the tables are emptied again for that pass."""
+    plain = await run_pass(tmp_path, sim, dsn, pool)
+    assert plain.exit_code == 0
+    expected = await snapshot(pool)
+    await wipe(pool)
+    return expected
+
+
+async def assert_stored_as_plain(tmp_path: Path, via_proxy: fixtures_sim.RunningSimulator, dsn: str,
+                                 pool: asyncpg.Pool, expected: dict[str, set[tuple[Any, ...]]],
+                                 refused: list[str]) -> None:
+    """A pass through the proxy, which refused something (`refused`, filled by its hook), succeeds and stores
+    exactly what the pass over the plain simulator did (`expected`, from `plain_snapshot`)."""
+    summary = await run_pass(tmp_path, via_proxy, dsn, pool)
+    assert refused
+    assert summary.exit_code == 0, summary.accounts_failed
+    got = await snapshot(pool)
+    for name, rows in expected.items():
+        assert got[name] == rows, name
+
+
 async def frozen_sim(start_simulator: fixtures_sim.StartSimulator,
                      **kwargs: Any) -> fixtures_sim.RunningSimulator:
     """A small world whose clock stands still, so two passes see exactly the same answers."""
@@ -201,10 +225,7 @@ async def test_odd_but_valid_shapes_store_exactly_what_the_plain_simulator_gives
         tmp_path: Path, start_simulator: fixtures_sim.StartSimulator, proxy_for: Any, db_dsn: str,
         pool: asyncpg.Pool) -> None:
     sim = await frozen_sim(start_simulator, accounts=4, media_per_account=8, seed=41)
-    plain = await run_pass(tmp_path, sim, db_dsn, pool)
-    assert plain.exit_code == 0
-    expected = await snapshot(pool)
-    await wipe(pool)
+    expected = await plain_snapshot(tmp_path, sim, db_dsn, pool)
 
     proxy, via_proxy = await proxy_for(sim)
     proxy.after = odd_shapes
@@ -224,10 +245,7 @@ async def test_daily_end_times_spelled_otherwise_name_the_same_days(
     fake may end them at 00:00Z. Each value is the same Pacific day's: stored under the same end_time as the
     plain simulator's, and no day is recorded as having no value."""
     sim = await frozen_sim(start_simulator, accounts=2, media_per_account=2, seed=46)
-    plain = await run_pass(tmp_path, sim, db_dsn, pool)
-    assert plain.exit_code == 0
-    expected = await snapshot(pool)
-    await wipe(pool)
+    expected = await plain_snapshot(tmp_path, sim, db_dsn, pool)
     respelled: list[str] = []
 
     def after(request: web.Request, answer: Answer) -> None:
@@ -488,10 +506,7 @@ async def test_few_followers_refused_with_an_error_loses_nothing_else(
                            world_knobs={"low_follower_fraction": 0.5})
     small = {a.ig_user_id for a in sim.accounts() if a.low_followers}
     assert small and len(small) < len(sim.accounts())
-    plain = await run_pass(tmp_path, sim, db_dsn, pool)
-    assert plain.exit_code == 0
-    expected = await snapshot(pool)
-    await wipe(pool)
+    expected = await plain_snapshot(tmp_path, sim, db_dsn, pool)
 
     proxy, via_proxy = await proxy_for(sim)
     refused: list[str] = []
@@ -531,10 +546,7 @@ async def test_one_accounts_demographics_refusal_is_not_learned_for_the_others(
     not make the collector stop asking the other accounts."""
     sim = await frozen_sim(start_simulator, accounts=3, media_per_account=1, seed=49,
                            world_knobs={"low_follower_fraction": 0.0})
-    plain = await run_pass(tmp_path, sim, db_dsn, pool)
-    assert plain.exit_code == 0
-    expected = await snapshot(pool)
-    await wipe(pool)
+    expected = await plain_snapshot(tmp_path, sim, db_dsn, pool)
     first = sim.accounts()[0].ig_user_id
     proxy, via_proxy = await proxy_for(sim)
 
@@ -563,10 +575,7 @@ async def test_media_views_that_need_metric_type_total_value_lose_nothing(
     it (reference §3.3 OBS); a fake may refuse `views` without it, with Meta's account-insights message
     (§2.3). The call is asked again with metric_type=total_value: every value is stored."""
     sim = await frozen_sim(start_simulator, accounts=3, media_per_account=6, seed=50)
-    plain = await run_pass(tmp_path, sim, db_dsn, pool)
-    assert plain.exit_code == 0
-    expected = await snapshot(pool)
-    await wipe(pool)
+    expected = await plain_snapshot(tmp_path, sim, db_dsn, pool)
     accounts = {a.ig_user_id for a in sim.accounts()}
     proxy, via_proxy = await proxy_for(sim)
     refused: list[str] = []
@@ -581,12 +590,7 @@ async def test_media_views_that_need_metric_type_total_value_lose_nothing(
         return None
 
     proxy.before = before
-    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
-    assert refused
-    assert summary.exit_code == 0, summary.accounts_failed
-    got = await snapshot(pool)
-    for name in expected:
-        assert got[name] == expected[name], name
+    await assert_stored_as_plain(tmp_path, via_proxy, db_dsn, pool, expected, refused)
 
 
 # -- listings: a server whose `limit` maximum is below 100 and says so with an error -------------------------
@@ -597,10 +601,7 @@ async def test_listing_limit_refused_with_an_error_is_halved_and_loses_nothing(
     """`limit` max 100 is observed, the official maximum unknown (reference §4): a server may refuse ours
     with a code-100 error naming `limit` instead of capping it. The listing goes on with a smaller limit."""
     sim = await frozen_sim(start_simulator, accounts=2, media_per_account=30, seed=52)
-    plain = await run_pass(tmp_path, sim, db_dsn, pool)
-    assert plain.exit_code == 0
-    expected = await snapshot(pool)
-    await wipe(pool)
+    expected = await plain_snapshot(tmp_path, sim, db_dsn, pool)
     proxy, via_proxy = await proxy_for(sim)
     refused: list[str] = []
 
@@ -611,12 +612,7 @@ async def test_listing_limit_refused_with_an_error_is_halved_and_loses_nothing(
         return None
 
     proxy.before = before
-    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
-    assert refused
-    assert summary.exit_code == 0, summary.accounts_failed
-    got = await snapshot(pool)
-    for name in expected:
-        assert got[name] == expected[name], name
+    await assert_stored_as_plain(tmp_path, via_proxy, db_dsn, pool, expected, refused)
 
 
 # -- Instagram Login: media_product_type refused with another code than 100 ----------------------------------
@@ -629,10 +625,7 @@ async def test_media_product_type_refused_with_an_unknown_code_is_dropped_like_a
     dropped and the listing collected as when the field is simply absent."""
     sim = await frozen_sim(start_simulator, accounts=4, media_per_account=8, seed=53,
                            world_knobs={"omit_media_product_type_on_instagram": True})
-    plain = await run_pass(tmp_path, sim, db_dsn, pool)
-    assert plain.exit_code == 0
-    expected = await snapshot(pool)
-    await wipe(pool)
+    expected = await plain_snapshot(tmp_path, sim, db_dsn, pool)
     instagram = {a.ig_user_id for a in sim.accounts() if a.login == "instagram"}
     assert instagram
     proxy, via_proxy = await proxy_for(sim)
@@ -648,9 +641,4 @@ async def test_media_product_type_refused_with_an_unknown_code_is_dropped_like_a
         return None
 
     proxy.before = before
-    summary = await run_pass(tmp_path, via_proxy, db_dsn, pool)
-    assert refused
-    assert summary.exit_code == 0, summary.accounts_failed
-    got = await snapshot(pool)
-    for name in expected:
-        assert got[name] == expected[name], name
+    await assert_stored_as_plain(tmp_path, via_proxy, db_dsn, pool, expected, refused)
